@@ -1,0 +1,16 @@
+"""The jobs of a daily run, in order. Each is a plain function ``job(date, *, root, params, ...)``
+that an Airflow task calls and a person can run by hand (``nightly-topn JOB --date D``)."""
+
+
+def steps():
+    """``[(name, function)]`` in run order (imported lazily: DAG parsing must stay light)."""
+    from nightly_topn.jobs.evaluate import evaluate
+    from nightly_topn.jobs.ingest import ingest
+    from nightly_topn.jobs.preprocess import preprocess
+    from nightly_topn.jobs.publish import publish
+    from nightly_topn.jobs.topn import topn
+    from nightly_topn.jobs.train import train
+    from nightly_topn.jobs.validate import validate_raw
+
+    return [("ingest", ingest), ("validate", validate_raw), ("preprocess", preprocess), ("train", train),
+            ("evaluate", evaluate), ("topn", topn), ("publish", publish)]

@@ -1,0 +1,100 @@
+"""Preprocess: turn the training window's raw events into model-ready interactions.
+
+Window = the ``train_window_days`` days up to and including the run date. Steps: drop events
+after the run date (point in time), dedupe identical events, weight each event by type into a
+confidence, aggregate per (user, item), filter rare items/users, map ids to dense indices
+(sorted external ids, so the mapping is deterministic), and split off a temporal holdout:
+pairs first seen at or after the ``holdout_quantile`` of event times, whose user and item also
+occur before it.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from nightly_topn import schemas
+from nightly_topn.config import RunParams
+from nightly_topn.storage import Storage, as_date, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.DataFrame, list[str]]:
+    first = date - dt.timedelta(days=window_days - 1)
+    days = [d for d in store.dates("raw") if first <= d <= date]
+    if date not in days:
+        raise FileNotFoundError(f"raw partition for {date} is missing under {store.root / 'raw'}")
+    paths = [store.partition("raw", d) / "events.parquet" for d in days]
+    frame = pa.concat_tables([read_table(p, schema=None) for p in paths], promote_options="permissive").to_pandas()
+    return frame, [str(p) for p in paths]
+
+
+def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str, pd.DataFrame]:
+    end = pd.Timestamp(date + dt.timedelta(days=1), tz="UTC")
+    stats = {"events_in": len(events)}
+    events = events[events["event_time"] < end]
+    events = events.dropna(subset=["user_id", "item_id", "weight"])
+    events = events[events["event_type"].isin(list(schemas.EVENT_TYPE_CONFIDENCE)) & (events["weight"] >= 0)]
+    events = events.drop_duplicates(["user_id", "item_id", "event_type", "event_time"])
+    stats["events_clean"] = len(events)
+    conf = events["event_type"].map(schemas.EVENT_TYPE_CONFIDENCE).astype("float32") * events["weight"].astype("float32")
+    pairs = (
+        events.assign(confidence=conf)
+        .groupby(["user_id", "item_id"], sort=False)
+        .agg(confidence=("confidence", "sum"), n_events=("event_time", "size"),
+             first_time=("event_time", "min"), last_time=("event_time", "max"))
+        .reset_index()
+    )
+    pairs = pairs[pairs["confidence"] > 0]
+    for _ in range(2):  # filtering users can drop items below the threshold and vice versa
+        item_n = pairs.groupby("item_id")["user_id"].transform("size")
+        pairs = pairs[item_n >= params.min_item_interactions]
+        user_n = pairs.groupby("user_id")["item_id"].transform("size")
+        pairs = pairs[user_n >= params.min_user_interactions]
+    if pairs.empty:
+        raise ValueError(f"no interactions left for {date} after filtering ({stats})")
+
+    users = np.sort(pairs["user_id"].unique())
+    items = np.sort(pairs["item_id"].unique())
+    pairs = pairs.assign(
+        user_index=np.searchsorted(users, pairs["user_id"]).astype("int32"),
+        item_index=np.searchsorted(items, pairs["item_id"]).astype("int32"),
+    )
+    times = events["event_time"].astype("int64").to_numpy()
+    cutoff_us = np.percentile(times, params.holdout_quantile * 100) if len(times) else 0
+    cutoff = pd.Timestamp(int(cutoff_us), unit="us", tz="UTC")
+    late = pairs["first_time"] >= cutoff
+    train_users = set(pairs.loc[~late, "user_index"])
+    train_items = set(pairs.loc[~late, "item_index"])
+    evaluable = late & pairs["user_index"].isin(train_users) & pairs["item_index"].isin(train_items)
+    pairs["split"] = np.where(~late, "train", np.where(evaluable, "holdout", "late"))
+    pairs = pairs.sort_values(["user_index", "item_index"], kind="stable")
+    stats.update(users=len(users), items=len(items), pairs=len(pairs), holdout_cutoff=cutoff.isoformat(),
+                 train_pairs=int((~late).sum()), holdout_pairs=int(evaluable.sum()))
+    return {
+        "interactions": pairs[[f.name for f in schemas.INTERACTIONS]],
+        "user_map": pd.DataFrame({"user_index": np.arange(len(users), dtype="int32"), "user_id": users}),
+        "item_map": pd.DataFrame({"item_index": np.arange(len(items), dtype="int32"), "item_id": items}),
+        "stats": stats,
+    }
+
+
+def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
+    date = as_date(date)
+    store = Storage.at(root)
+    events, inputs = load_window(store, date, params.train_window_days)
+    prepared = prepare(events, date, params)
+    schemas_by_name = {"interactions": schemas.INTERACTIONS, "user_map": schemas.USER_MAP, "item_map": schemas.ITEM_MAP}
+    tables = {name: pa.Table.from_pandas(prepared[name], schema=schema, preserve_index=False)
+              for name, schema in schemas_by_name.items()}
+    with store.staged(store.partition("features", date)) as stage:
+        for name, table in tables.items():
+            write_table(table, stage / f"{name}.parquet")
+        store.write_manifest(stage, producer="preprocess", date=date, inputs=inputs, tables=tables,
+                             extra={"stats": prepared["stats"], "params": params.__dict__})
+    log.info("preprocess %s: %s", date, prepared["stats"])
+    return {"date": date.isoformat(), **prepared["stats"]}

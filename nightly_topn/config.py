@@ -1,0 +1,77 @@
+"""Deployment-level settings, read from the environment.
+
+Per-run knobs (top N, hyperparameters, window) are job arguments / Airflow Params; what is
+here names *where* things live and *which* data source feeds the system.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT_ENV = "NIGHTLY_TOPN_ROOT"
+SOURCE_ENV = "NIGHTLY_TOPN_SOURCE"
+DEFAULT_ROOT = "var/data"
+DEFAULT_SOURCE = "generated"
+
+
+def storage_root(root: str | os.PathLike | None = None) -> Path:
+    """The storage root: the argument, else ``$NIGHTLY_TOPN_ROOT``, else ``./var/data``."""
+    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser().resolve()
+
+
+def source_spec(source: str | None = None) -> str:
+    """The data source spec: ``generated``, ``movielens:PATH`` or ``landing:PATH``."""
+    return source or os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """Per-run knobs shared by the jobs, the DAG's Params and the CLIs (one set of defaults)."""
+
+    top_n: int = 20
+    train_window_days: int = 60
+    min_user_interactions: int = 1
+    min_item_interactions: int = 2
+    holdout_quantile: float = 0.8
+    model: str = "als"
+    factors: int = 64
+    regularization: float = 0.05
+    alpha: float = 2.0
+    iterations: int = 15
+    seed: int = 42
+    eval_k: int = 10
+    min_lift_over_popularity: float = 0.0
+    publish: bool = True
+
+    @classmethod
+    def from_mapping(cls, values: dict | None) -> "RunParams":
+        """Build from a dict (e.g. Airflow ``params``), ignoring keys that are not knobs."""
+        values = values or {}
+        known = {f: values[f] for f in cls.__dataclass_fields__ if f in values and values[f] is not None}
+        return cls(**known)
+
+
+#: Bounds and descriptions of every RunParams knob: the Airflow trigger form and the CLI help
+#: are both built from this, so a knob is described once.
+PARAM_SPECS: dict[str, dict] = {
+    "top_n": {"minimum": 1, "maximum": 500, "description": "Items per user in the published lists."},
+    "train_window_days": {"minimum": 1, "maximum": 3650,
+                          "description": "Days of events, up to and including the run date, used for training."},
+    "min_user_interactions": {"minimum": 1, "maximum": 1000,
+                              "description": "Users with fewer distinct items are not trained on (they get the fallback)."},
+    "min_item_interactions": {"minimum": 1, "maximum": 1000,
+                              "description": "Items with fewer distinct users are dropped from the catalog."},
+    "holdout_quantile": {"minimum": 0.5, "maximum": 0.99,
+                         "description": "Pairs first seen after this quantile of event times form the evaluation holdout."},
+    "model": {"enum": ["als"], "description": "Which model scores the lists."},
+    "factors": {"minimum": 4, "maximum": 512, "description": "Latent factors (ALS)."},
+    "regularization": {"minimum": 0.0, "maximum": 100.0, "description": "L2 regularisation (ALS)."},
+    "alpha": {"minimum": 0.01, "maximum": 1000.0, "description": "Confidence scaling of interaction weights (ALS)."},
+    "iterations": {"minimum": 1, "maximum": 200, "description": "Training sweeps (ALS)."},
+    "seed": {"minimum": 0, "maximum": 2**31 - 1, "description": "Random seed: same data + same seed = same lists."},
+    "eval_k": {"minimum": 1, "maximum": 200, "description": "Cut-off K of the evaluation metrics (NDCG@K...)."},
+    "min_lift_over_popularity": {"minimum": -1.0, "maximum": 10.0,
+                                 "description": "Quality gate: model NDCG@K must be >= popularity x (1 + this)."},
+    "publish": {"description": "Publish the lists when every gate passes (off = dry run: compute, keep unpublished)."},
+}

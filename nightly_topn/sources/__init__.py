@@ -1,0 +1,47 @@
+"""Where interaction logs come from: the embedded generator, MovieLens files, a landing folder.
+
+Every source answers the same three questions for the ingest job: which day does its data
+start, what are the events of day D (as the ``schemas.EVENTS`` contract), and what user/item
+attributes does it know. ``open_source(spec)`` turns a spec string into a source.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Protocol
+
+import pyarrow as pa
+
+
+class Source(Protocol):
+    name: str
+
+    def first_date(self) -> dt.date | None:
+        """The first day with data (None: unbounded, e.g. the generator)."""
+
+    def events_for(self, date: dt.date) -> pa.Table:
+        """Events whose ``event_time`` falls on ``date`` (UTC); may be empty."""
+
+    def users(self, date: dt.date) -> pa.Table | None:
+        """User attributes known on ``date``, or None."""
+
+    def items(self, date: dt.date) -> pa.Table | None:
+        """Item attributes known on ``date``, or None."""
+
+
+def open_source(spec: str) -> Source:
+    """``generated[:seed]`` | ``movielens:PATH`` | ``landing:PATH``."""
+    kind, _, arg = spec.partition(":")
+    if kind == "generated":
+        from nightly_topn.sources.generated import GeneratedSource
+
+        return GeneratedSource(seed=int(arg) if arg else 7)
+    if kind == "movielens":
+        from nightly_topn.sources.movielens import load_movielens
+        from nightly_topn.sources.replay import ReplaySource
+
+        return ReplaySource(*load_movielens(arg), name=f"movielens:{arg}")
+    if kind == "landing":
+        from nightly_topn.sources.landing import LandingSource
+
+        return LandingSource(arg)
+    raise ValueError(f"unknown source spec {spec!r}: expected generated, movielens:PATH or landing:PATH")

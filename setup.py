@@ -1,0 +1,43 @@
+"""Install the nightly top-N recommender as one namespaced package.
+
+The repo keeps ``jobs/`` and ``pipelines/`` at the top level (where people look for them), but
+installs them as ``nightly_topn.jobs`` and ``nightly_topn.pipelines`` so no generic top-level
+module names land in anyone's Airflow environment. The Great Expectations project in
+``expectations/`` ships as package data of ``nightly_topn.expectations``.
+"""
+from setuptools import setup
+
+setup(
+    name="nightly-topn",
+    version="0.1.0",
+    description="Nightly batch recommender: Airflow + Great Expectations + implicit/torch + Beam top-N to Parquet",
+    python_requires=">=3.11,<3.12",
+    packages=[
+        "nightly_topn",
+        "nightly_topn.sources",
+        "nightly_topn.models",
+        "nightly_topn.jobs",
+        "nightly_topn.pipelines",
+        "nightly_topn.expectations",
+    ],
+    package_dir={
+        "nightly_topn.jobs": "jobs",
+        "nightly_topn.pipelines": "pipelines",
+        "nightly_topn.expectations": "expectations",
+    },
+    package_data={"nightly_topn.expectations": ["gx/*.yml", "gx/**/*.json", "gx/**/*.yml"]},
+    install_requires=[
+        "apache-airflow==3.3.2",
+        "apache-beam==2.77.*",
+        "great-expectations>=1.24,<2",
+        "implicit>=0.7,<0.8",
+        "torch==2.13.0",
+        "pyarrow>=17",
+        "pandas>=2.2",
+        "numpy>=1.26",
+        "scipy>=1.11",
+        "scikit-learn>=1.5",
+    ],
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2"]},
+    entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
+)
