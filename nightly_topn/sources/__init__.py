@@ -29,12 +29,22 @@ class Source(Protocol):
 
 
 def open_source(spec: str) -> Source:
-    """``generated[:seed]`` | ``movielens:PATH`` | ``landing:PATH``."""
+    """``generated[:SEED | :key=value,...]`` | ``movielens:PATH`` | ``landing:PATH``.
+
+    e.g. ``generated:seed=3,base_users=300,base_items=120`` for a small universe.
+    """
     kind, _, arg = spec.partition(":")
     if kind == "generated":
         from nightly_topn.sources.generated import GeneratedSource
 
-        return GeneratedSource(seed=int(arg) if arg else 7)
+        if arg and "=" not in arg:
+            return GeneratedSource(seed=int(arg))
+        options = dict(pair.split("=", 1) for pair in arg.split(",") if pair)
+        try:
+            kwargs = {k: (float(v) if "." in v else int(v)) for k, v in options.items()}
+            return GeneratedSource(**kwargs)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bad generated source spec {spec!r}: {exc}") from exc
     if kind == "movielens":
         from nightly_topn.sources.movielens import load_movielens
         from nightly_topn.sources.replay import ReplaySource
