@@ -23,6 +23,7 @@ demo: install
 	$(BIN)/python -m nightly_topn.demo
 
 test: install
+	bash scripts/install-system-test-deps.sh
 	$(BIN)/python -m pytest -q tests
 
 clean:

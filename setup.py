@@ -25,7 +25,7 @@ setup(
         "nightly_topn.pipelines": "pipelines",
         "nightly_topn.expectations": "expectations",
     },
-    package_data={"nightly_topn.expectations": ["gx/*.yml", "gx/**/*.json", "gx/**/*.yml"]},
+    package_data={"nightly_topn.expectations": ["gx/*.yml", "gx/*.json", "gx/**/*.json", "gx/**/*.yml", "gx/**/*.css"]},
     install_requires=[
         "apache-airflow==3.3.2",
         "apache-beam==2.77.*",
@@ -37,7 +37,8 @@ setup(
         "numpy>=1.26",
         "scipy>=1.11",
         "scikit-learn>=1.5",
+        "threadpoolctl>=3",  # imported directly (BLAS threads off while implicit trains)
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2"]},
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

@@ -10,7 +10,8 @@ def steps():
     from nightly_topn.jobs.publish import publish
     from nightly_topn.jobs.topn import topn
     from nightly_topn.jobs.train import train
-    from nightly_topn.jobs.validate import validate_raw
+    from nightly_topn.jobs.validate import validate_features, validate_raw, validate_topn
 
-    return [("ingest", ingest), ("validate", validate_raw), ("preprocess", preprocess), ("train", train),
-            ("evaluate", evaluate), ("topn", topn), ("publish", publish)]
+    return [("ingest", ingest), ("validate", validate_raw), ("preprocess", preprocess),
+            ("validate_features", validate_features), ("train", train), ("evaluate", evaluate), ("topn", topn),
+            ("validate_topn", validate_topn), ("publish", publish)]

@@ -1,7 +1,19 @@
-"""Evaluate: score the holdout with the eval-split models and gate on the lift over popularity.
+"""Evaluate: score every candidate honestly on the holdout, then the quality gate before publish.
 
-Writes ``reports/dt=D/evaluation.json``. Raises ``QualityGateFailed`` (nothing gets published)
-when the model's NDCG@K is not at least ``(1 + min_lift_over_popularity)`` × popularity's.
+The candidates were tuned on a validation split carved from the evaluation train rows (see
+``jobs/train.py``); here each one's ``eval/<model>`` (refit on the whole evaluation train
+split) recommends for every holdout user with that history masked, and all metrics at K are
+computed (accuracy, coverage, novelty, diversity, per segment: new vs established users).
+
+Gate (both must hold, else nothing new is published):
+
+* lift: the winner's NDCG@K > popularity's × (1 + ``min_lift_over_popularity``);
+* champion: the winner's NDCG@K ≥ the live champion's × (1 − ``champion_tolerance``), the
+  champion's configuration (model + params of the run whose lists are live) being refit on
+  tonight's evaluation train split so both are measured on the same holdout.
+
+Writes ``reports/dt=D/evaluation.json`` and ``reports/dt=D/report.html`` (linked from the log);
+on failure also ``alerts/dt=D/quality_gate.json`` and raises ``QualityGateFailed``.
 """
 from __future__ import annotations
 
@@ -9,46 +21,149 @@ import json
 import logging
 
 import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
 
+from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
-from nightly_topn.evaluation import ranking_metrics
+from nightly_topn.evaluation import evaluate_model, recommend_all
 from nightly_topn.features import Features
-from nightly_topn.models import load_model
+from nightly_topn.models import MODELS, load_model
 from nightly_topn.storage import Storage, as_date, write_json
 
 log = logging.getLogger(__name__)
+
+#: Users with fewer training interactions than this form the "new" segment.
+NEW_USER_MAX_HISTORY = 5
 
 
 class QualityGateFailed(RuntimeError):
     pass
 
 
+def item_categories(store: Storage, date, item_ids: np.ndarray) -> sp.csr_matrix | None:
+    """``items × categories`` (binary) from the raw item attributes of ``date``, if any were landed."""
+    path = store.partition("raw", date) / "items.parquet"
+    if not path.is_file():
+        return None
+    table = pq.read_table(path, columns=["item_id", "categories"])
+    lookup = dict(zip(table.column("item_id").to_pylist(), table.column("categories").to_pylist()))
+    names: dict[str, int] = {}
+    rows, cols = [], []
+    for r, item in enumerate(item_ids):
+        for c in lookup.get(item) or []:
+            rows.append(r)
+            cols.append(names.setdefault(c, len(names)))
+    if not names:
+        return None
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(item_ids), len(names)))
+
+
+def _gate(results: dict, winner: str, champion: dict | None, params: RunParams) -> dict:
+    k = params.eval_k
+    win, pop = results[winner]["ndcg"], results["popularity"]["ndcg"]
+    need = pop * (1 + params.min_lift_over_popularity)
+    checks = [{"check": "beats popularity", "passed": bool(winner != "popularity" and win > need),
+               "detail": (f"{winner} NDCG@{k}={win:.4f} vs popularity {pop:.4f} × (1 + {params.min_lift_over_popularity})"
+                          f" = {need:.4f}" + (" (the winner is popularity itself)" if winner == "popularity" else ""))}]
+    if not checks[0]["passed"]:
+        checks[0]["detail"] = (f"{winner} NDCG@{k}={win:.4f} does not beat popularity {pop:.4f} by "
+                               f"{params.min_lift_over_popularity:.0%} (needs > {need:.4f})"
+                               + (": the winner is popularity itself" if winner == "popularity" else ""))
+    if champion and champion.get("ndcg") is not None:
+        floor = champion["ndcg"] * (1 - params.champion_tolerance)
+        checks.append({"check": "not worse than the live champion", "passed": bool(win >= floor),
+                       "detail": f"{winner} NDCG@{k}={win:.4f} vs live {champion['model']} (from {champion['date']}) "
+                                 f"{champion['ndcg']:.4f} × (1 − {params.champion_tolerance}) = {floor:.4f}"})
+    else:
+        checks.append({"check": "not worse than the live champion", "passed": True,
+                       "detail": champion.get("note", "nothing is live yet") if champion else "nothing is live yet"})
+    passed = all(c["passed"] for c in checks)
+    return {"passed": passed, "checks": checks,
+            "rule": f"ndcg > popularity * (1 + {params.min_lift_over_popularity}) and "
+                    f"ndcg >= champion * (1 - {params.champion_tolerance})",
+            "reason": "; ".join(c["detail"] for c in checks if not c["passed"]) or "all checks passed"}
+
+
+def _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params) -> dict | None:
+    champ = registry.champion(store, before=date)
+    if not champ:
+        return None
+    same = champ["model"] == info["model"] and champ["params"] == info["params"]
+    if same and info["model"] in results:
+        return {**champ, "ndcg": results[info["model"]]["ndcg"], "note": "same configuration as tonight's winner"}
+    if champ["model"] not in MODELS:
+        return {**champ, "ndcg": None, "note": f"live model {champ['model']!r} is unknown to this code version"}
+    try:
+        model = MODELS[champ["model"]](**champ["params"]).fit(train, pairs.times(split.train))
+    except (MemoryError, ValueError, TypeError) as exc:
+        return {**champ, "ndcg": None, "note": f"could not refit the live configuration: {exc}"}
+    metrics = evaluate_model(model, train, holdout, params.eval_k, users=users)
+    return {**champ, "ndcg": metrics["ndcg"], "metrics": metrics,
+            "note": "live configuration refit on tonight's evaluation train split"}
+
+
 def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
+    from nightly_topn import report as html_report
+
     date = as_date(date)
     store = Storage.at(root)
     features = Features.load(store.partition("features", date))
     models_dir = store.partition("models", date)
     info = json.loads((models_dir / "model_info.json").read_text())
-    train, holdout = features.matrix("train"), features.matrix("holdout")
+    pairs = protocols.PairTable.load(features)
+    split = protocols.pipeline_split(pairs, info.get("protocol", params.eval_protocol), seed=params.seed)
+    train, holdout = pairs.matrix(split.train), pairs.matrix(split.relevant)
     users = np.flatnonzero(np.diff(holdout.indptr) > 0)
     if not len(users):
         raise QualityGateFailed(f"{date}: the holdout is empty; cannot evaluate (features {features.directory})")
-    results = {}
-    for name in (info["model"], "popularity"):
+    history_size = np.diff(train.indptr)
+    segments = np.where(history_size < NEW_USER_MAX_HISTORY, "new", "established")
+    categories = item_categories(store, date, features.item_ids)
+    k = params.eval_k
+    candidates = info.get("candidates") or [info["model"], "popularity"]
+    results, recs = {}, {}
+    for name in dict.fromkeys([*candidates, "popularity"]):
         model = load_model(models_dir / "eval" / name)
-        recs, _ = model.recommend(users, train[users], params.eval_k)
-        results[name] = ranking_metrics(recs, holdout, users, params.eval_k)
-    model_ndcg, pop_ndcg = results[info["model"]]["ndcg"], results["popularity"]["ndcg"]
-    passed = model_ndcg >= pop_ndcg * (1 + params.min_lift_over_popularity)
-    report = {"date": date.isoformat(), "k": params.eval_k, "model": info["model"],
-              "model_version": info["model_version"], "metrics": results,
-              "gate": {"passed": passed, "rule": f"ndcg >= popularity * (1 + {params.min_lift_over_popularity})"}}
-    write_json(store.partition("reports", date) / "evaluation.json", report)
-    log.info("evaluate %s: %s NDCG@%d=%.4f vs popularity %.4f -> %s", date, info["model"], params.eval_k,
-             model_ndcg, pop_ndcg, "PASS" if passed else "FAIL")
-    if not passed:
-        raise QualityGateFailed(
-            f"{date}: {info['model']} NDCG@{params.eval_k}={model_ndcg:.4f} does not beat popularity "
-            f"{pop_ndcg:.4f} by {params.min_lift_over_popularity:.0%}; keeping the live lists"
-        )
-    return report
+        recs[name] = recommend_all(model, users, train, k)
+        results[name] = evaluate_model(model, train, holdout, k, users=users, segments=segments,
+                                       item_categories=categories)
+    champion = _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params)
+    gate = _gate(results, info["model"], champion, params)
+    item_pop = np.asarray(train.sum(axis=0)).ravel()
+    evaluation = {"date": date.isoformat(), "k": k, "model": info["model"], "params": info.get("params"),
+                  "model_version": info["model_version"], "protocol": info.get("protocol", params.eval_protocol),
+                  "selection": info.get("selection"), "tuning_seconds": info.get("tuning_seconds"),
+                  "tuning_budget_seconds": info.get("tuning_budget_seconds"),
+                  "holdout": {"users": int(len(users)), "pairs": int(holdout.nnz), **split.info},
+                  "segments": {"rule": f"new = fewer than {NEW_USER_MAX_HISTORY} training interactions",
+                               "new_users": int((segments[users] == "new").sum())},
+                  "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
+                  "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
+                  "code_version": registry.code_version()}
+    reports = store.partition("reports", date)
+    write_json(reports / "evaluation.json", evaluation)
+    record = registry.read_run(store, date)
+    if record:  # the registry keeps each candidate's honest holdout metrics next to its params and artifacts
+        for name, metrics in results.items():
+            record.setdefault("candidates", {}).setdefault(name, {})["holdout_metrics"] = {
+                key: value for key, value in metrics.items() if key != "segments"}
+        record["gate"] = gate
+        registry.write_run(models_dir, record)
+    page = html_report.write_report(store, date, evaluation, recommended=recs[info["model"]], item_popularity=item_pop,
+                                    registry_record=registry.read_run(store, date))
+    log.info("evaluate %s: %s NDCG@%d=%.4f vs popularity %.4f -> %s; report: file://%s", date, info["model"], k,
+             results[info["model"]]["ndcg"], results["popularity"]["ndcg"], "PASS" if gate["passed"] else "FAIL", page)
+    if not gate["passed"]:
+        from nightly_topn.alerts import write_alert
+
+        alert = {"date": date.isoformat(), "dag_id": "nightly_topn", "run_id": None, "task_id": "quality_gate",
+                 "try_number": 1, "error_type": "QualityGateFailed", "reason": gate["reason"],
+                 "log_url": None, "report": str(page), "recorded_at": registry.today()}
+        try:
+            write_alert(alert, root=store.root)
+        except OSError as exc:  # the alert sink must not hide the gate's decision
+            log.error("could not write the quality-gate alert: %s", exc)
+        log.error("quality gate FAILED for %s: %s; keeping the live lists (report file://%s)", date, gate["reason"], page)
+        raise QualityGateFailed(f"{date}: {gate['reason']}; keeping the live lists (report: {page})")
+    return evaluation

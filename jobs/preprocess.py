@@ -18,9 +18,21 @@ import pyarrow as pa
 
 from nightly_topn import schemas
 from nightly_topn.config import RunParams
-from nightly_topn.storage import Storage, as_date, read_table, write_table
+from nightly_topn.storage import Storage, as_date, read_json, read_table, write_table
 
 log = logging.getLogger(__name__)
+
+
+def _validated_events(store: Storage, day: dt.date):
+    """The raw gate's accepted rows of ``day`` (``clean/``) when they belong to the landed file, else raw."""
+    from nightly_topn.jobs.validate import raw_fingerprint
+
+    raw = store.partition("raw", day) / "events.parquet"
+    clean = store.partition("clean", day)
+    if (clean / "_manifest.json").is_file():
+        if read_json(clean / "_manifest.json").get("raw_fingerprint") == raw_fingerprint(raw):
+            return clean / "events.parquet"
+    return raw
 
 
 def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.DataFrame, list[str]]:
@@ -28,7 +40,11 @@ def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.Dat
     days = [d for d in store.dates("raw") if first <= d <= date]
     if date not in days:
         raise FileNotFoundError(f"raw partition for {date} is missing under {store.root / 'raw'}")
-    paths = [store.partition("raw", d) / "events.parquet" for d in days]
+    paths = [_validated_events(store, d) for d in days]
+    unvalidated = [d.isoformat() for d, p in zip(days, paths) if p.parent.parent.name == "raw"]
+    if unvalidated:
+        log.warning("preprocess %s: %d day(s) of the window were not through the raw gate, read as landed: %s",
+                    date, len(unvalidated), ", ".join(unvalidated[-5:]))
     frame = pa.concat_tables([read_table(p, schema=None) for p in paths], promote_options="permissive").to_pandas()
     return frame, [str(p) for p in paths]
 

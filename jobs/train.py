@@ -1,7 +1,17 @@
-"""Train: fit the configured model twice, on the training split (for honest evaluation) and on all
-prepared data (the model that scores tonight's lists), plus the popularity baseline/fallback.
+"""Train: tune the candidate models on a validation split, pick the winner, fit what the later
+jobs need.
 
-Layout: ``models/dt=D/{eval,final}/{MODEL,popularity}/model.{npz,json}``.
+1. Evaluation split of tonight's prepared pairs (``eval_protocol``: temporal = preprocess's
+   holdout; random = per-user 20 %, seeded).
+2. Validation split carved from the evaluation train rows *the same way*; every candidate's
+   small grid is searched on it within its share of ``tuning_budget_seconds``
+   (``nightly_topn.tuning``). The winner is the best candidate on validation NDCG@K.
+3. Each candidate's chosen configuration is refit on the whole evaluation train split
+   (``eval/<model>``: the evaluation job scores them honestly on the holdout), and the winner
+   plus popularity are refit on all prepared data (``final/<model>``: tonight's lists).
+
+Layout: ``models/dt=D/{eval/<every candidate>, final/{WINNER,popularity}, model_info.json,
+registry.json}``; ``model_info.json["model"]`` names the winner (what the top-N job loads).
 """
 from __future__ import annotations
 
@@ -9,40 +19,143 @@ import json
 import logging
 import time
 
+from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
 from nightly_topn.features import Features
 from nightly_topn.models import MODELS
 from nightly_topn.storage import Storage, as_date
+from nightly_topn.tuning import DEFAULT_CANDIDATES, TuningResult, _params_with_seed, choose, tune_all
 
 log = logging.getLogger(__name__)
 
 
-def model_params(params: RunParams) -> dict:
-    if params.model == "als":
+def model_params(params: RunParams, name: str | None = None) -> dict:
+    """The untuned configuration of ``name``: the ALS knobs of RunParams for ALS, defaults otherwise."""
+    name = name or params.model
+    if name == "als":
         return {"factors": params.factors, "regularization": params.regularization, "alpha": params.alpha,
                 "iterations": params.iterations, "seed": params.seed}
-    return {}
+    return _params_with_seed(name, {}, params.seed)
+
+
+def candidates_for(params: RunParams) -> list[str]:
+    if params.model == "auto":
+        return list(DEFAULT_CANDIDATES)
+    if params.model not in MODELS:
+        raise ValueError(f"unknown model {params.model!r}; choose 'auto' or one of {sorted(MODELS)}")
+    return [params.model] if params.model == "popularity" else ["popularity", params.model]
+
+
+#: RunParams that do not change what is trained (a re-run differing only in these reuses the choice).
+NOT_TRAINING = ("top_n", "publish", "allow_older", "min_lift_over_popularity", "champion_tolerance")
+
+
+def params_digest(params: RunParams) -> str:
+    import hashlib
+
+    knobs = {k: v for k, v in sorted(params.__dict__.items()) if k not in NOT_TRAINING}
+    return hashlib.sha256(json.dumps(knobs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def reuse_previous(store: Storage, date, fingerprint: str, params: RunParams):
+    """A re-run of a date on the same data with the same params replays the recorded choice.
+
+    The search is bounded by wall-clock time, so two searches can try a different number of
+    configurations; replaying the recorded choice keeps "same data + same params = same lists".
+    """
+    record = registry.read_run(store, date)
+    if not record or record.get("data_fingerprint") != fingerprint or record.get("params_digest") != params_digest(params):
+        return None
+    results = {}
+    for name, cand in record.get("candidates", {}).items():
+        if name not in MODELS or "best_params" not in cand:
+            return None
+        results[name] = TuningResult(name, cand["best_params"], float(cand.get("best_metric", float("nan"))))
+    if record.get("winner") not in results:
+        return None
+    selection = dict(record.get("selection") or {})
+    selection["selection"] = (f"{selection.get('selection', record['winner'])} "
+                              f"[replayed from the earlier run of this date: same data, same params]")
+    return record["winner"], results, selection
+
+
+def select(pairs: protocols.PairTable, params: RunParams) -> tuple[str, dict[str, TuningResult], dict]:
+    """Tune the candidates on a validation split of the evaluation train rows; returns the winner."""
+    split = protocols.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
+    fit_rows, val_rows = protocols.validation_split(
+        params.eval_protocol, pairs.users, pairs.items, pairs.first_time, split.train, seed=params.seed,
+        quantile=params.holdout_quantile)
+    names = candidates_for(params)
+    info = {"protocol": params.eval_protocol, "evaluation_split": split.info,
+            "validation_rows": int(val_rows.sum()), "fit_rows": int(fit_rows.sum())}
+    if not val_rows.any() or params.tuning_budget_seconds <= 0:
+        # Nothing to validate on (or search disabled): untuned configurations, the requested model wins.
+        reason = "no validation rows" if not val_rows.any() else "tuning disabled (budget 0)"
+        results = {n: TuningResult(n, model_params(params, n), float("nan")) for n in names}
+        winner = names[-1] if params.model != "auto" else next(n for n in ("ease", "als", "popularity") if n in names)
+        info["selection"] = f"{reason}: {winner} by default"
+        return winner, results, info
+    results = tune_all(names, pairs.matrix(fit_rows), pairs.matrix(val_rows), times=pairs.times(fit_rows),
+                       k=params.eval_k, budget_seconds=params.tuning_budget_seconds, seed=params.seed)
+    failed = {n: r.trials[0].error for n, r in results.items() if r.trials and all(t.error for t in r.trials)}
+    if failed:  # e.g. EASE refusing a catalogue too large for dense memory: not a candidate tonight
+        info["excluded"] = failed
+        log.warning("candidates excluded (every configuration failed): %s", failed)
+        if params.model in failed:
+            raise ValueError(f"the requested model {params.model!r} cannot be trained on this data: {failed[params.model]}")
+        results = {n: r for n, r in results.items() if n not in failed}
+    if params.model != "auto":
+        winner = params.model
+        info["selection"] = f"model fixed to {winner} by the run params"
+    else:
+        winner = choose(results)
+        ranked = sorted(results.values(), key=lambda r: -r.best_metric)
+        best = ranked[0]
+        se = best.summary().get("best_metric_se") or 0.0
+        why = (f"{winner} has the best validation NDCG@{params.eval_k}" if winner == best.model else
+               f"{winner} is the simplest candidate within one standard error ({se:.4f}) of the best validation "
+               f"NDCG@{params.eval_k} ({best.model})")
+        info["selection"] = why + " — validation: " + ", ".join(f"{r.model} {r.best_metric:.4f}" for r in ranked)
+    return winner, results, info
 
 
 def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
     date = as_date(date)
     store = Storage.at(root)
-    if params.model not in MODELS:
-        raise ValueError(f"unknown model {params.model!r}; choose one of {sorted(MODELS)}")
     features_dir = store.partition("features", date)
     features = Features.load(features_dir)
+    pairs = protocols.PairTable.load(features)
     fingerprint = features.fingerprint()
-    version = f"{date.isoformat()}.{params.model}.{fingerprint[:8]}"
+    started = time.perf_counter()
+    replay = reuse_previous(store, date, fingerprint, params)
+    winner, results, selection = replay or select(pairs, params)
+    tuning_seconds = round(time.perf_counter() - started, 2)
+    version = f"{date.isoformat()}.{winner}.{fingerprint[:8]}"
+    split = protocols.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
     timings = {}
     with store.staged(store.partition("models", date)) as stage:
-        for purpose, matrix in (("eval", features.matrix("train")), ("final", features.matrix())):
-            for name, kwargs in ((params.model, model_params(params)), ("popularity", {})):
-                started = time.perf_counter()
-                MODELS[name](**kwargs).fit(matrix).save(stage / purpose / name)
-                timings[f"{purpose}/{name}"] = round(time.perf_counter() - started, 3)
-        info = {"model": params.model, "params": model_params(params), "model_version": version,
-                "data_fingerprint": fingerprint, "fit_seconds": timings}
+        plan = [("eval", name, split.train) for name in results]
+        plan += [("final", name, None) for name in dict.fromkeys([winner, "popularity"])]
+        for purpose, name, mask in plan:
+            t0 = time.perf_counter()
+            model = MODELS[name](**results[name].best_params).fit(pairs.matrix(mask), pairs.times(mask))
+            model.save(stage / purpose / name)
+            timings[f"{purpose}/{name}"] = round(time.perf_counter() - t0, 3)
+        info = {"model": winner, "params": results[winner].best_params, "model_version": version,
+                "data_fingerprint": fingerprint, "fit_seconds": timings, "candidates": list(results),
+                "protocol": params.eval_protocol, "selection": selection["selection"],
+                "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds}
         (stage / "model_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        registry.write_run(stage, {
+            "date": date.isoformat(), "winner": winner, "model_version": version, "data_fingerprint": fingerprint,
+            "code_version": registry.code_version(), "trained_at": registry.today(), "selection": selection,
+            "params_digest": params_digest(params), "run_params": params.__dict__,
+            "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds,
+            "candidates": {name: {**r.summary(), "artifacts": {"eval": f"eval/{name}",
+                                                              **({"final": f"final/{name}"} if name in (winner, "popularity") else {})},
+                                  "fit_seconds": {k.split("/")[0]: v for k, v in timings.items() if k.endswith("/" + name)}}
+                           for name, r in results.items()},
+        })
         store.write_manifest(stage, producer="train", date=date, inputs=[features_dir], extra=info)
-    log.info("train %s: %s", date, info)
+    log.info("train %s: winner %s (%s) in %.1fs of tuning", date, winner, selection["selection"], tuning_seconds)
     return {"date": date.isoformat(), **info}

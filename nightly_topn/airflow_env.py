@@ -1,10 +1,33 @@
-"""The environment a local Airflow needs to run this project (used by the demo and the tests)."""
+"""The environment a local Airflow needs to run this project, and a local deployment to test it.
+
+``airflow_env`` is what ``airflow dags test`` (the demo) needs. ``LocalAirflow`` starts the real
+components one by one -- api-server, scheduler, dag-processor, triggerer -- with the
+LocalExecutor, every listening socket bound to 127.0.0.1, a login required (Simple auth manager,
+no anonymous admin), and a password and JWT secret generated at start-up (nothing secret is in
+the repo). It stops each component with SIGTERM (then SIGKILL after a grace period) on its own
+process group, so nothing is left running. ``airflow standalone`` is not used: it serves logs on
+0.0.0.0 and leaves children behind on SIGTERM.
+
+    python -m nightly_topn.airflow_env --workdir var/local-airflow   # run it by hand (Ctrl-C stops)
+"""
 from __future__ import annotations
 
+import json
 import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+DAG_ID = "nightly_topn"
+INGEST_POOL = "nightly_topn_ingest"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
 def airflow_env(airflow_home: str | os.PathLike, storage_root: str | os.PathLike, **overrides: str) -> dict[str, str]:
@@ -15,9 +38,464 @@ def airflow_env(airflow_home: str | os.PathLike, storage_root: str | os.PathLike
         AIRFLOW__CORE__DAGS_FOLDER=str(PROJECT_DIR / "dags"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__UNIT_TEST_MODE="False",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
         GX_ANALYTICS_ENABLED="false",
         NIGHTLY_TOPN_ROOT=str(Path(storage_root).resolve()),
     )
     env.update(overrides)
     return env
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(airflow_home, storage_root, *, api_port: int, user: str = "admin", password: str | None = None,
+               parallelism: int = 2, database_url: str | None = None, **overrides: str) -> tuple[dict[str, str], str]:
+    """Environment for a local multi-component deployment; returns ``(env, password)``.
+
+    Binding: the api-server on 127.0.0.1:``api_port``; the scheduler/triggerer log servers are not
+    started (``--skip-serve-logs``: they would listen on all interfaces, and with the LocalExecutor
+    the api-server reads task logs from the shared local log folder). Auth: Simple auth manager
+    with one admin user whose password is generated now and written to a 0600 file in
+    ``airflow_home`` (never in the repo); anonymous access is off.
+    """
+    home = Path(airflow_home).resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    password = password or secrets.token_urlsafe(18)
+    passwords_file = home / "passwords.json"
+    passwords_file.write_text(json.dumps({user: password}) + "\n")
+    passwords_file.chmod(0o600)
+    base = f"http://127.0.0.1:{api_port}"
+    env = airflow_env(
+        home, storage_root,
+        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        # PostgreSQL when given (what a deployment uses); else SQLite, waiting up to 60 s for a lock
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database_url or f"sqlite:///{home / 'airflow.db'}?timeout=60",
+        AIRFLOW__CORE__PARALLELISM=str(parallelism),
+        AIRFLOW__CORE__AUTH_MANAGER="airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=f"{user}:admin",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords_file),
+        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base}/execution/",
+        AIRFLOW__API__HOST="127.0.0.1",
+        AIRFLOW__API__PORT=str(api_port),
+        AIRFLOW__API__BASE_URL=base,
+        AIRFLOW__API__WORKERS="1",
+        AIRFLOW__API__EXPOSE_CONFIG="False",
+        AIRFLOW__API__SECRET_KEY=secrets.token_urlsafe(32),
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
+        AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK="False",
+        AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST="127.0.0.1",
+        AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(free_port()),
+        AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()),
+        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+        AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL="10",
+        AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="2",
+        AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT="600",
+        **overrides,
+    )
+    return env, password
+
+
+def component_command(name: str) -> list[str]:
+    """The command line of one component (log servers skipped: see ``server_env``)."""
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    if name in ("scheduler", "triggerer"):
+        return [airflow, name, "--skip-serve-logs"]
+    return [airflow, name]
+
+
+class LocalPostgres:
+    """A throw-away PostgreSQL server for the metadata DB: listens on a Unix socket only (no TCP at
+    all), data and socket in a fresh temp folder, run as the ``postgres`` user when we are root."""
+
+    BIN = Path("/usr/lib/postgresql")
+
+    def __init__(self, log_path: Path):
+        self.log_path = Path(log_path)
+        self.dir = Path(tempfile.mkdtemp(prefix="nightly-topn-pg-"))
+        self.port = 5432  # only names the socket file (.s.PGSQL.5432) in our private folder
+        self.proc: subprocess.Popen | None = None
+        self.url = f"postgresql+psycopg2://postgres@/airflow?host={self.dir}&port={self.port}"
+
+    @classmethod
+    def bindir(cls) -> Path | None:
+        versions = sorted(cls.BIN.glob("*/bin/initdb"), key=lambda p: int(p.parent.parent.name)
+                          if p.parent.parent.name.isdigit() else 0)
+        return versions[-1].parent if versions else None
+
+    @classmethod
+    def available(cls) -> bool:
+        try:  # Airflow's sync (psycopg2) and async (asyncpg) engines
+            import asyncpg  # noqa: F401
+            import psycopg2  # noqa: F401
+        except ImportError:
+            return False
+        if cls.bindir() is None:
+            return False
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                return False
+        return True
+
+    def _as_owner(self, command: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+    def start(self, wait: float = 60) -> None:
+        bindir = self.bindir()
+        data = self.dir / "data"
+        if os.geteuid() == 0:
+            import pwd
+
+            owner = pwd.getpwnam("postgres")
+            os.chown(self.dir, owner.pw_uid, owner.pw_gid)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log:
+            subprocess.run(self._as_owner([str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                                           "-E", "UTF8", "--no-sync"]), check=True, stdout=log, stderr=subprocess.STDOUT,
+                           cwd=self.dir, timeout=120)
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self._as_owner([str(bindir / "postgres"), "-D", str(data), "-k", str(self.dir), "-p", str(self.port),
+                            "-c", "listen_addresses=", "-c", "fsync=off", "-c", "max_connections=200"]),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.dir)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"postgres exited: {self.log_path.read_text(errors='replace')[-2000:]}")
+            ready = subprocess.run([str(bindir / "pg_isready"), "-h", str(self.dir), "-p", str(self.port)],
+                                   capture_output=True)
+            if ready.returncode == 0:
+                subprocess.run([str(bindir / "createdb"), "-h", str(self.dir), "-p", str(self.port), "-U", "postgres",
+                                "airflow"], check=True, capture_output=True, timeout=60)
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"postgres not ready after {wait}s; log {self.log_path}")
+
+    def processes(self) -> set[int]:
+        if not self.proc:
+            return set()
+        return {pid for pid, (_, pgrp, sid) in _process_table().items()
+                if (pgrp == self.proc.pid or sid == self.proc.pid) and _is_running(pid)}
+
+    def stop(self, grace: float = 30) -> int | None:
+        """SIGINT = PostgreSQL's "fast" shutdown; SIGKILL after ``grace``; the temp folder is removed."""
+        code = None
+        if self.proc and self.proc.poll() is None:
+            _signal_group(self.proc, signal.SIGINT)
+            try:
+                code = self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _signal_group(self.proc, signal.SIGKILL)
+                code = self.proc.wait(timeout=10)
+        elif self.proc:
+            code = self.proc.returncode
+        shutil.rmtree(self.dir, ignore_errors=True)
+        return code
+
+
+class LocalAirflow:
+    """A real, local Airflow 3: ``with LocalAirflow(workdir, storage_root) as af: af.api(...)``."""
+
+    def __init__(self, workdir, storage_root, *, parallelism: int = 2, components=COMPONENTS,
+                 database: str = "auto", **overrides: str):
+        self.workdir = Path(workdir).resolve()
+        self.home = self.workdir / "airflow"
+        self.logs = self.workdir / "component-logs"
+        self.port = free_port()
+        if database == "auto":
+            database = "postgres" if LocalPostgres.available() else "sqlite"
+        self.database = database
+        self.postgres = LocalPostgres(self.workdir / "component-logs" / "postgres.log") if database == "postgres" else None
+        self.env, self.password = server_env(self.home, storage_root, api_port=self.port, parallelism=parallelism,
+                                             database_url=self.postgres.url if self.postgres else None, **overrides)
+        self.user = "admin"
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.components = tuple(components)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._seen: set[tuple[int, int | None]] = set()  # (pid, start time): PIDs get reused
+        self._token: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """Run ``airflow ARGS`` against this deployment (same env, same DB)."""
+        airflow = str(Path(sys.executable).with_name("airflow"))
+        result = subprocess.run([airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode:
+            raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self, wait: float = 180) -> "LocalAirflow":
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.postgres:
+            self.postgres.start()
+        self.cli("db", "migrate")
+        self.cli("pools", "set", INGEST_POOL, "1", "Serialises ingest across concurrent runs (one writer of raw/)")
+        for name in self.components:
+            out = (self.logs / f"{name}.log").open("ab")
+            self.procs[name] = subprocess.Popen(component_command(name), env=self.env, stdout=out,
+                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                start_new_session=True, cwd=self.workdir)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                import requests
+
+                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).ok:
+                    return self
+            except OSError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"api-server not healthy on {self.url} after {wait}s; logs in {self.logs}")
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
+
+    def stop(self, grace: float = 30) -> dict[str, int | None]:
+        """SIGTERM each component's process group, wait, SIGKILL what is left; returns exit codes."""
+        self.processes()  # remember every process of the deployment before they get reparented
+        for proc in self.procs.values():
+            _signal_group(proc, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        codes = {}
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                codes[name] = None
+        for proc in self.procs.values():  # children (task supervisors, uvicorn workers...)
+            _signal_group(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for pid in self.leftovers():  # a task process that left the group (all started by us)
+            if pid <= 1 or pid == os.getpid():
+                continue
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.postgres:  # last: the components needed it until they were gone
+            codes["postgres"] = self.postgres.stop()
+        return codes
+
+    def leftovers(self) -> list[int]:
+        """Live processes of this deployment: the components, their descendants, anything in their
+        process groups/sessions, anything whose environment names this AIRFLOW_HOME, and anything
+        seen as such while running (``processes()`` snapshots). Should be empty after ``stop``."""
+        current = self.processes()
+        seen_alive = {pid for pid, started in self._seen if _start_time(pid) == started}
+        if self.postgres:
+            current |= self.postgres.processes()
+        return sorted(current | seen_alive)
+
+    def processes(self) -> set[int]:
+        roots = {proc.pid for proc in self.procs.values()}
+        table = _process_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        found = {pid for pid, (_, pgrp, sid) in table.items() if pgrp in roots or sid in roots}
+        found |= set(_processes_with_env("AIRFLOW_HOME", str(self.home)))
+        stack = [pid for pid in roots | found if pid in table]
+        while stack:
+            pid = stack.pop()
+            found.add(pid)
+            for child in children.get(pid, []):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+        found = {pid for pid in found if pid in table and _is_running(pid)}
+        self._seen |= {(pid, _start_time(pid)) for pid in found}
+        return found
+
+    def listening_sockets(self) -> set[tuple[str, int]]:
+        """``(address, port)`` of every TCP socket the deployment's processes listen on."""
+        inodes = set()
+        for pid in self.processes():
+            try:
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        inodes.add(target[8:-1])
+            except OSError:
+                continue
+        found = set()
+        for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
+                    continue
+                address, port = fields[1].split(":")
+                found.add((_decode_address(address, width), int(port, 16)))
+        return found
+
+    def __enter__(self) -> "LocalAirflow":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # -- REST API ----------------------------------------------------------------------------
+    def token(self) -> str:
+        import requests
+
+        if self._token is None:
+            response = requests.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password},
+                                     timeout=30)
+            response.raise_for_status()
+            self._token = response.json()["access_token"]
+        return self._token
+
+    def api(self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs):
+        """Call ``/api/v2{path}`` with a bearer token; returns the JSON body."""
+        import requests
+
+        response = requests.request(method, f"{self.url}/api/v2{path}", timeout=60,
+                                    headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
+        if response.status_code not in expect:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status_code}: {response.text[:2000]}")
+        return response.json() if response.content else None
+
+    def wait_for_dag(self, dag_id: str = DAG_ID, timeout: float = 180) -> dict:
+        """Wait until the dag-processor has parsed ``dag_id`` (and report import errors early)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            errors = self.api("GET", "/importErrors")
+            if errors.get("total_entries"):
+                raise RuntimeError(f"DAG import errors: {json.dumps(errors)[:3000]}")
+            dags = self.api("GET", "/dags", params={"dag_id_pattern": dag_id})
+            if any(d["dag_id"] == dag_id for d in dags.get("dags", [])):
+                return self.api("GET", f"/dags/{dag_id}")
+            time.sleep(2)
+        raise TimeoutError(f"DAG {dag_id} not parsed after {timeout}s; logs in {self.logs}")
+
+    def wait_for_runs(self, run_ids, dag_id: str = DAG_ID, timeout: float = 900) -> dict[str, dict]:
+        """Wait until every run in ``run_ids`` reached success/failed; returns them by id."""
+        pending, done = set(run_ids), {}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            self.check_alive()
+            for run_id in sorted(pending):
+                run = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
+                if run["state"] in ("success", "failed"):
+                    done[run_id] = run
+                    pending.discard(run_id)
+            if pending:
+                time.sleep(3)
+        if pending:
+            raise TimeoutError(f"runs still not finished after {timeout}s: {sorted(pending)}; logs in {self.logs}")
+        return done
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    if proc.pid <= 1:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _process_table() -> dict[int, tuple[int, int, int]]:
+    """``{pid: (ppid, pgrp, session)}`` of every process."""
+    table = {}
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        table[int(pid_dir.name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def _processes_with_env(key: str, value: str) -> list[int]:
+    needle = f"{key}={value}".encode()
+    found = []
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
+            continue
+        try:
+            environ = (pid_dir / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ and _is_running(int(pid_dir.name)):
+            found.append(int(pid_dir.name))
+    return found
+
+
+def _decode_address(hex_address: str, width: int) -> str:
+    import ipaddress
+
+    raw = bytes.fromhex(hex_address)
+    # /proc/net/tcp* store each 32-bit word in host (little-endian) order
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    if width == 8:
+        return str(ipaddress.IPv4Address(raw))
+    address = ipaddress.IPv6Address(raw)
+    return str(address.ipv4_mapped or address)
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run a local, login-protected Airflow for this project on 127.0.0.1.")
+    parser.add_argument("--workdir", default="var/local-airflow")
+    parser.add_argument("--root", help="storage root (default: WORKDIR/data)")
+    parser.add_argument("--parallelism", type=int, default=2)
+    args = parser.parse_args(argv)
+    work = Path(args.workdir).resolve()
+    af = LocalAirflow(work, args.root or work / "data", parallelism=args.parallelism)
+    with af:
+        print(f"Airflow UI: {af.url}  user: {af.user}  password: see {af.home / 'passwords.json'}", flush=True)
+        print(f"component logs: {af.logs}; Ctrl-C stops every component", flush=True)
+        try:
+            while True:
+                af.check_alive()
+                time.sleep(5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,7 @@
     nightly-topn ingest --date 2024-03-01 [--root DIR] [--source SPEC] [--top-n 20 ...]
     nightly-topn run --date 2024-03-01          # every job of the day, in order
     nightly-topn lookup u000042 [--date D]      # one user's published list (JSON)
+    nightly-topn export lists.jsonl [--format jsonl|tsv] [--date D]   # every list, for a KV store
 """
 from __future__ import annotations
 
@@ -50,6 +51,11 @@ def main(argv=None) -> int:
     look.add_argument("user_id")
     look.add_argument("--date", help="a given date's lists instead of the live ones")
     look.add_argument("--root")
+    export = sub.add_parser("export", help="write every published list to a file (bulk load of a KV store)")
+    export.add_argument("out", help="output file ('-' for stdout)")
+    export.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
+    export.add_argument("--date", help="a given date's lists instead of the live ones")
+    export.add_argument("--root")
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -59,6 +65,13 @@ def main(argv=None) -> int:
         row = lookup(args.user_id, root=args.root, date=args.date)
         print(json.dumps(row, indent=2))
         return 0 if row else 1
+    if args.command == "export":
+        from nightly_topn.lookup import export as export_lists
+
+        count = export_lists(sys.stdout if args.out == "-" else args.out, root=args.root, date=args.date,
+                             fmt=args.format)
+        print(json.dumps({"exported": count, "out": args.out}), file=sys.stderr)
+        return 0
     if extra and args.command not in ("topn", "run"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     params = RunParams.from_mapping(vars(args))

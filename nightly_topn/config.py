@@ -34,15 +34,19 @@ class RunParams:
     min_user_interactions: int = 1
     min_item_interactions: int = 2
     holdout_quantile: float = 0.8
-    model: str = "als"
-    factors: int = 64
-    regularization: float = 0.05
-    alpha: float = 2.0
+    model: str = "auto"
+    factors: int = 32
+    regularization: float = 1.0
+    alpha: float = 1.0
     iterations: int = 15
     seed: int = 42
     eval_k: int = 10
     min_lift_over_popularity: float = 0.0
     publish: bool = True
+    allow_older: bool = False
+    tuning_budget_seconds: float = 30.0
+    eval_protocol: str = "temporal"
+    champion_tolerance: float = 0.02
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> "RunParams":
@@ -64,7 +68,10 @@ PARAM_SPECS: dict[str, dict] = {
                               "description": "Items with fewer distinct users are dropped from the catalog."},
     "holdout_quantile": {"minimum": 0.5, "maximum": 0.99,
                          "description": "Pairs first seen after this quantile of event times form the evaluation holdout."},
-    "model": {"enum": ["als"], "description": "Which model scores the lists."},
+    "model": {"enum": ["auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence",
+                       "horizon"],
+              "description": "Which model scores the lists: 'auto' tunes every candidate and picks the best on a "
+                             "validation split; a name tunes only that model."},
     "factors": {"minimum": 4, "maximum": 512, "description": "Latent factors (ALS)."},
     "regularization": {"minimum": 0.0, "maximum": 100.0, "description": "L2 regularisation (ALS)."},
     "alpha": {"minimum": 0.01, "maximum": 1000.0, "description": "Confidence scaling of interaction weights (ALS)."},
@@ -72,6 +79,17 @@ PARAM_SPECS: dict[str, dict] = {
     "seed": {"minimum": 0, "maximum": 2**31 - 1, "description": "Random seed: same data + same seed = same lists."},
     "eval_k": {"minimum": 1, "maximum": 200, "description": "Cut-off K of the evaluation metrics (NDCG@K...)."},
     "min_lift_over_popularity": {"minimum": -1.0, "maximum": 10.0,
-                                 "description": "Quality gate: model NDCG@K must be >= popularity x (1 + this)."},
+                                 "description": "Quality gate: the chosen model's NDCG@K must be > popularity x (1 + this)."},
     "publish": {"description": "Publish the lists when every gate passes (off = dry run: compute, keep unpublished)."},
+    "tuning_budget_seconds": {"minimum": 0.0, "maximum": 86400.0,
+                              "description": "Wall-clock budget of the hyperparameter search over all candidates "
+                                             "(0 = no search: each model's default configuration)."},
+    "eval_protocol": {"enum": ["temporal", "random"],
+                      "description": "Holdout protocol: 'temporal' (pairs after the holdout quantile of event times) "
+                                     "or 'random' (per-user 20 % holdout, seeded)."},
+    "champion_tolerance": {"minimum": 0.0, "maximum": 1.0,
+                           "description": "Quality gate: the new model may be at most this fraction below the live "
+                                          "champion's NDCG@K (both measured on tonight's holdout)."},
+    "allow_older": {"description": "Let this run move the published pointer back to an OLDER date than the live one "
+                                   "(off: a backfill of history computes and keeps its lists but never replaces newer live lists)."},
 }

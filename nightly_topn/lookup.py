@@ -1,12 +1,18 @@
-"""Read one user's published top-N list straight from Parquet.
+"""Read one user's published top-N list straight from Parquet, or export all lists in bulk.
 
-Part files hold disjoint, sorted user-id ranges, and row groups carry min/max statistics, so a
-lookup reads one row group of one file. ``TopNReader`` caches the file metadata for a warm
-process (a service); ``lookup()`` is the one-shot convenience.
+Part files hold disjoint, sorted user-id ranges, and row groups (a few hundred users each)
+carry min/max statistics. The top-N job also writes ``_index.parquet``, a sidecar with one row
+per (file, row group, first/last user id), so a reader loads one small table instead of every
+footer, binary-searches it, and decodes a single row group of a single file. ``TopNReader``
+keeps that directory and the open files for a warm process (a service: a few ms per lookup);
+``lookup()`` is the one-shot convenience. ``export()`` streams every list out for loading a
+key-value store.
 """
 from __future__ import annotations
 
 import bisect
+import json
+from collections import OrderedDict
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -14,20 +20,32 @@ import pyarrow.parquet as pq
 
 from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
 
+INDEX_FILE = "_index.parquet"
+
 
 class TopNReader:
-    def __init__(self, directory: str | Path):
+    def __init__(self, directory: str | Path, *, cache_row_groups: int = 16):
         self.directory = Path(directory)
         manifest = read_json(self.directory / MANIFEST)
-        self.index: list[tuple[str, str, Path, int]] = []  # (min id, max id, file, row group)
-        for name in manifest["files"]:
-            meta = pq.read_metadata(self.directory / name)
-            for rg in range(meta.num_row_groups):
-                stats = meta.row_group(rg).column(0).statistics
-                self.index.append((stats.min, stats.max, self.directory / name, rg))
+        self.files: list[str] = list(manifest["files"])
+        # (min id, max id, file, row group), sorted by min id.
+        self.index: list[tuple[str, str, Path, int]] = []
+        sidecar = manifest.get("index")
+        if sidecar and (self.directory / sidecar).is_file():
+            table = pq.read_table(self.directory / sidecar, columns=["min_user_id", "max_user_id", "file", "row_group"])
+            cols = [table.column(c).to_pylist() for c in ("min_user_id", "max_user_id", "file", "row_group")]
+            self.index = [(lo, hi, self.directory / f, rg) for lo, hi, f, rg in zip(*cols)]
+        else:  # versions written before the sidecar existed: read every footer's statistics
+            for name in self.files:
+                meta = pq.read_metadata(self.directory / name)
+                for rg in range(meta.num_row_groups):
+                    stats = meta.row_group(rg).column(0).statistics
+                    self.index.append((stats.min, stats.max, self.directory / name, rg))
         self.index.sort()
         self._mins = [entry[0] for entry in self.index]
         self._files: dict[Path, pq.ParquetFile] = {}
+        self._groups: OrderedDict = OrderedDict()  # small LRU of decoded row groups
+        self._cache_size = cache_row_groups
 
     @classmethod
     def published(cls, root=None, date=None) -> "TopNReader":
@@ -42,21 +60,68 @@ class TopNReader:
 
         return cls(latest_version(store, as_date(date)))
 
+    def _row_group(self, path: Path, rg: int):
+        key = (path, rg)
+        group = self._groups.get(key)
+        if group is not None:
+            self._groups.move_to_end(key)
+            return group
+        handle = self._files.get(path)
+        if handle is None:
+            handle = self._files[path] = pq.ParquetFile(path, memory_map=True)
+        # One thread: decoding ~100 rows is faster than handing it to a pool, and a lookup service
+        # should not wait on pool threads that a busy machine may not schedule (tail latency).
+        group = handle.read_row_group(rg, use_threads=False)
+        self._groups[key] = group
+        if len(self._groups) > self._cache_size:
+            self._groups.popitem(last=False)
+        return group
+
     def get(self, user_id: str) -> dict | None:
         """The user's row (item_ids, scores, source, model_version, logical_date), or None."""
         pos = bisect.bisect_right(self._mins, user_id) - 1
         if pos < 0 or user_id > self.index[pos][1]:
             return None
         _, _, path, rg = self.index[pos]
-        handle = self._files.get(path) or self._files.setdefault(path, pq.ParquetFile(path))
-        group = handle.read_row_group(rg)
-        rows = group.filter(pc.equal(group.column("user_id"), user_id))
-        if not rows.num_rows:
+        group = self._row_group(path, rg)
+        at = pc.index(group.column("user_id"), user_id).as_py()  # C-speed scan of one row group (~128 ids)
+        if at < 0:
             return None
-        row = rows.to_pylist()[0]
+        row = group.slice(at, 1).to_pylist()[0]
         row["logical_date"] = row["logical_date"].isoformat()
         return row
+
+    def export(self, out, *, fmt: str = "jsonl", batch_rows: int = 8192) -> int:
+        """Write every user's list to ``out`` (a path or text stream) for bulk-loading a KV store.
+
+        ``jsonl``: ``{"key": user_id, "value": {...row...}}`` per line; ``tsv``: ``user_id<TAB>json``.
+        Users come out in id order (files and rows are sorted). Returns the number of users.
+        """
+        if fmt not in ("jsonl", "tsv"):
+            raise ValueError(f"unknown export format {fmt!r} (jsonl or tsv)")
+        stream = open(out, "w", encoding="utf-8") if isinstance(out, (str, Path)) else out
+        written = 0
+        try:
+            for name in sorted(self.files):
+                for batch in pq.ParquetFile(self.directory / name).iter_batches(batch_size=batch_rows):
+                    for row in batch.to_pylist():
+                        row["logical_date"] = row["logical_date"].isoformat()
+                        key = row.pop("user_id")
+                        if fmt == "jsonl":
+                            stream.write(json.dumps({"key": key, "value": row}, separators=(",", ":")) + "\n")
+                        else:
+                            stream.write(f"{key}\t{json.dumps(row, separators=(',', ':'))}\n")
+                        written += 1
+        finally:
+            if stream is not out:
+                stream.close()
+        return written
 
 
 def lookup(user_id: str, *, root=None, date=None) -> dict | None:
     return TopNReader.published(root, date).get(user_id)
+
+
+def export(out, *, root=None, date=None, fmt: str = "jsonl") -> int:
+    """Bulk export of the live lists (or ``date``'s) to ``out``; returns the number of users."""
+    return TopNReader.published(root, date).export(out, fmt=fmt)

@@ -1,23 +1,36 @@
 """Great Expectations gates: run a committed checkpoint on a frame, keep the evidence, apply severity.
 
-The GX project lives in ``expectations/gx`` (suites, validation definitions, checkpoints as
-version-controlled files). Each run copies it into the run's report folder and runs the
-checkpoint there, so validation results and Data Docs are kept per run and the installed
-project is never written to. Each expectation carries ``meta.severity``: ``hard`` failures
-fail the gate, ``soft`` ones are warnings.
+The GX project lives in ``expectations/gx`` (suites, validation definitions, checkpoints and
+``gates.json`` thresholds, all version-controlled files; ``expectations/define_suites.py``
+authors them). Each gate run copies the project into the run's report folder
+(``reports/dt=D/gx/NAME/``) and runs the checkpoint there, so GX's own validation results and
+Data Docs are kept per run and the installed project is never written to. Data Docs are made
+readable offline (CDN stylesheets/scripts removed, GX's packaged CSS plus ours inlined).
+
+Each expectation carries ``meta.severity``: ``hard`` failures fail the gate, ``soft`` ones are
+warnings. ``meta.quarantine`` marks row-level checks whose failing rows can be set aside
+(see ``nightly_topn.jobs.validate``).
 """
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
+import re
 import shutil
+import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from nightly_topn.storage import write_json
 
 log = logging.getLogger(__name__)
 GX_PROJECT = Path(__file__).resolve().parent.parent / "expectations" / "gx"
+GATES_ENV = "NIGHTLY_TOPN_GATES"
+#: Lists longer than this are cut in the kept JSON (the full rows live in the quarantine partition).
+KEEP_LIST = 20
 
 
 def gx_project_dir() -> Path:
@@ -29,6 +42,19 @@ def gx_project_dir() -> Path:
     return Path(expectations.__file__).resolve().parent / "gx"
 
 
+def gate_settings(gate: str, overrides: dict | None = None) -> dict:
+    """Thresholds of ``gate`` from ``gates.json``, then ``$NIGHTLY_TOPN_GATES`` (JSON), then ``overrides``."""
+    settings = dict(json.loads((gx_project_dir() / "gates.json").read_text())[gate])
+    env = os.environ.get(GATES_ENV)
+    if env:
+        try:
+            settings.update(json.loads(env).get(gate, {}))
+        except (ValueError, AttributeError) as exc:
+            raise ValueError(f"{GATES_ENV} is not a JSON object of gate settings: {exc}") from exc
+    settings.update(overrides or {})
+    return settings
+
+
 class GateFailed(RuntimeError):
     """A hard expectation failed; the message lists which and how many rows."""
 
@@ -37,19 +63,33 @@ class GateFailed(RuntimeError):
 class GateResult:
     checkpoint: str
     success: bool
+    rows: int = 0
     failures: list[dict] = field(default_factory=list)
     warnings: list[dict] = field(default_factory=list)
     result_path: str = ""
     docs_path: str = ""
+    seconds: float = 0.0
+    #: Per failed row-level expectation (label -> frame index values), not written to JSON.
+    unexpected_index: dict[str, list] = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
-        lines = [f"gate {self.checkpoint}: {'PASSED' if self.success else 'FAILED'}"]
+        lines = [f"gate {self.checkpoint}: {'PASSED' if self.success else 'FAILED'} "
+                 f"({self.rows} rows, {len(self.failures)} hard failure(s), {len(self.warnings)} warning(s), "
+                 f"{self.seconds:.2f}s)"]
         for kind, items in (("HARD", self.failures), ("soft", self.warnings)):
             for f in items:
-                lines.append(
-                    f"  [{kind}] {f['expectation']} {f['kwargs']}: unexpected={f['unexpected_count']} "
-                    f"observed={f['observed_value']} sample={f['sample']}"
-                )
+                line = f"  [{kind}] {f['label']}: {f['why']}"
+                if f["unexpected_count"] is not None:
+                    line += f"; unexpected={f['unexpected_count']}"
+                    if f["unexpected_percent"] is not None:
+                        line += f" ({f['unexpected_percent']:.2f}%)"
+                if f["observed_value"] is not None:
+                    line += f"; observed={f['observed_value']}"
+                if f["sample"]:
+                    line += f"; sample={f['sample'][:5]}"
+                if f["exception"]:
+                    line += f"; error={f['exception']}"
+                lines.append(line)
         if self.result_path:
             lines.append(f"  result: {self.result_path}")
         if self.docs_path:
@@ -57,45 +97,114 @@ class GateResult:
         return "\n".join(lines)
 
 
-def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None = None) -> GateResult:
-    """Run checkpoint ``checkpoint`` on ``frame`` (pandas) and write its result under ``report_dir``."""
+@lru_cache(maxsize=1)
+def _gx():
+    """Import GX once per process (the import is the slow part: seconds)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter drowns the summary
     import great_expectations as gx
 
-    workdir = report_dir / "gx_project"
+    return gx
+
+
+def _label(config) -> str:
+    kwargs = {k: v for k, v in config.kwargs.items() if k not in ("batch_id", "result_format")}
+    args = ", ".join(f"{k}={v['$PARAMETER'] if isinstance(v, dict) and '$PARAMETER' in v else v}"
+                     for k, v in kwargs.items() if k != "value_set" or not isinstance(v, list) or len(v) <= 10)
+    return f"{config.type}({args})"
+
+
+def _exception(info) -> str | None:
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return info.get("exception_message")
+    for value in info.values():  # GX 1.x: {metric id: {...}}
+        if isinstance(value, dict) and value.get("raised_exception"):
+            return value.get("exception_message")
+    return None
+
+
+def _jsonable(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _trim(value):
+    """Cut long lists (COMPLETE result formats list every unexpected row) in the kept JSON."""
+    if isinstance(value, dict):
+        return {k: _trim(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if len(value) > KEEP_LIST:
+            return [_trim(v) for v in value[:KEEP_LIST]] + [f"... {len(value) - KEEP_LIST} more"]
+        return [_trim(v) for v in value]
+    return value
+
+
+def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None = None, *,
+             name: str | None = None) -> GateResult:
+    """Run checkpoint ``checkpoint`` on ``frame`` (pandas) and keep its evidence under ``report_dir``.
+
+    ``name`` (default: the checkpoint name) names the kept JSON (``NAME.validation.json``) and the
+    per-run GX project (``gx/NAME/``, holding GX's validation results and the Data Docs).
+    """
+    started = time.perf_counter()
+    gx = _gx()
+    name = name or checkpoint
+    report_dir = Path(report_dir)
+    workdir = report_dir / "gx" / name
     shutil.rmtree(workdir, ignore_errors=True)
     shutil.copytree(gx_project_dir(), workdir / "gx", ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
     context = gx.get_context(mode="file", project_root_dir=str(workdir))
     result = context.checkpoints.get(checkpoint).run(
         batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}
     )
-    gate = GateResult(checkpoint=checkpoint, success=True)
-    payload = result.describe_dict()
+    gate = GateResult(checkpoint=checkpoint, success=True, rows=len(frame))
     for run_result in result.run_results.values():
         for item in run_result.results:
             if item.success:
                 continue
             config = item.expectation_config
+            meta = config.meta or {}
             res = item.result or {}
+            label = _label(config)
             entry = {
                 "expectation": config.type,
-                "kwargs": {k: v for k, v in config.kwargs.items() if k not in ("batch_id",)},
+                "label": label,
+                "why": meta.get("why", ""),
+                "severity": meta.get("severity", "hard"),
+                "quarantine": bool(meta.get("quarantine")),
+                "kwargs": _jsonable({k: v for k, v in config.kwargs.items() if k != "batch_id"}),
                 "unexpected_count": res.get("unexpected_count"),
                 "unexpected_percent": res.get("unexpected_percent"),
-                "observed_value": res.get("observed_value"),
-                "sample": (res.get("partial_unexpected_list") or [])[:5],
-                "exception": (item.exception_info or {}).get("exception_message") if isinstance(item.exception_info, dict) else None,
+                "observed_value": _jsonable(res.get("observed_value")),
+                "sample": _jsonable((res.get("partial_unexpected_list") or [])[:10]),
+                "exception": _exception(item.exception_info),
             }
-            severity = (config.meta or {}).get("severity", "hard")
-            (gate.failures if severity == "hard" else gate.warnings).append(entry)
+            if entry["quarantine"] and res.get("unexpected_index_list") is not None:
+                gate.unexpected_index[label] = list(res["unexpected_index_list"])
+            (gate.failures if entry["severity"] == "hard" else gate.warnings).append(entry)
     gate.success = not gate.failures
-    gate.result_path = str(report_dir / f"{checkpoint}.validation.json")
-    write_json(Path(gate.result_path), {"success": gate.success, "failures": gate.failures,
-                                        "warnings": gate.warnings, "checkpoint_result": payload})
-    docs = workdir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
-    gate.docs_path = str(docs) if docs.is_file() else ""
+    gate.docs_path = _offline_docs(workdir / "gx" / "uncommitted" / "data_docs" / "local_site")
+    gate.seconds = round(time.perf_counter() - started, 3)
+    gate.result_path = str(report_dir / f"{name}.validation.json")
+    write_json(Path(gate.result_path), {
+        "checkpoint": checkpoint, "success": gate.success, "rows": gate.rows, "seconds": gate.seconds,
+        "parameters": _jsonable(_trim(parameters or {})), "failures": gate.failures, "warnings": gate.warnings,
+        "data_docs": gate.docs_path, "checkpoint_result": _jsonable(_trim(result.describe_dict())),
+    })
     for line in gate.summary().splitlines():
-        (log.info if gate.success else log.error)(line)
+        if gate.success:
+            (log.warning if gate.warnings and line.startswith("  [soft]") else log.info)(line)
+        else:
+            log.error(line)
     return gate
 
 
@@ -104,3 +213,44 @@ def require(gate: GateResult, what: str) -> GateResult:
     if not gate.success:
         raise GateFailed(f"{what} failed validation:\n{gate.summary()}")
     return gate
+
+
+# -- offline Data Docs -----------------------------------------------------------------------
+_REMOTE_LINK = re.compile(r"<link[^>]*href=\"https?://[^\"]*\"[^>]*>\s*", re.I)
+_REMOTE_SCRIPT = re.compile(r"<script[^>]*src=\"https?://[^\"]*\"[^>]*>\s*</script>\s*", re.I)
+_REMOTE_IMG = re.compile(r"<img[^>]*src=\"https?://[^\"]*\"[^>]*>", re.I)
+_LOCAL_CSS = re.compile(r"<link[^>]*href=\"([^\"]*static/styles/[^\"]+\.css)\"[^>]*>", re.I)
+
+
+def _offline_docs(site: Path) -> str:
+    """Strip CDN references from the site's pages and inline the CSS that ships with GX (+ ours).
+
+    Returns the newest validation page (or the index), or "" when no docs were built.
+    """
+    index = site / "index.html"
+    if not index.is_file():
+        return ""
+    ours = gx_project_dir() / "plugins" / "custom_data_docs" / "styles" / "offline.css"
+    offline_css = ours.read_text() if ours.is_file() else ""
+    used: set[str] = set()
+    for page in site.rglob("*.html"):
+        html = page.read_text(encoding="utf-8")
+
+        def inline(match, page=page):
+            css = (page.parent / match.group(1)).resolve()
+            return f"<style>\n{css.read_text()}\n</style>" if css.is_file() else ""
+
+        html = _REMOTE_LINK.sub("", html)
+        html = _REMOTE_SCRIPT.sub("", html)
+        html = _REMOTE_IMG.sub("", html)
+        html = _LOCAL_CSS.sub(inline, html)
+        html = html.replace("</head>", f"<style>\n{offline_css}\n</style>\n</head>", 1)
+        page.write_text(html, encoding="utf-8")
+        used.update(re.findall(r"static/images/([\w.-]+)", html))
+    # GX copies ~4 MB of tutorial images and fonts into every site; keep what the pages show.
+    shutil.rmtree(site / "static" / "fonts", ignore_errors=True)
+    for image in (site / "static" / "images").glob("*"):
+        if image.name not in used:
+            image.unlink()
+    pages = sorted((site / "validations").rglob("*.html"), key=lambda p: p.stat().st_mtime)
+    return str(pages[-1] if pages else index)

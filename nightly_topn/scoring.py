@@ -1,11 +1,33 @@
 """The scoring kernel: mask what a user has seen and pick the top N, a batch of users at a time.
 
 Memory is bounded by ``batch × items``; history stays sparse (CSR) and is applied by index.
+
+Two layers:
+
+* ``mask_seen`` / ``top_n``: the generic NumPy pieces behind ``Recommender.recommend`` (any model,
+  ties broken by lower item index).
+* ``TopNScorer``: the hot path the top-N pipeline uses. For factor models (``scores = U @ Vᵀ``)
+  it fuses, per batch of users, one float32 GEMM into a preallocated buffer (torch, so the
+  thread count is ours to set), seen-item masking by flat index into that buffer (no dense
+  history), and an exact *block-max* top-N (see ``block_top_n``) that inspects a few percent of
+  the scores instead of partitioning every row. Other models go through ``model.recommend``.
 """
 from __future__ import annotations
 
+import logging
+import os
+import queue
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import scipy.sparse as sp
+
+log = logging.getLogger(__name__)
+
+#: Items per block in ``block_top_n`` (32 measured fastest at 27K items, N=100, on AVX2).
+DEFAULT_BLOCK = 32
+#: Users per GEMM in ``TopNScorer`` (buffer = batch × items float32: 512 × 27K = 55 MB).
+DEFAULT_BATCH = 512
 
 
 def mask_seen(scores: np.ndarray, seen: sp.csr_matrix) -> None:
@@ -31,3 +53,206 @@ def top_n(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     vals = np.take_along_axis(vals, order, axis=1).astype(np.float32)
     idx[~np.isfinite(vals)] = -1
     return idx, vals
+
+
+# -- threads -----------------------------------------------------------------------------------
+def available_cores() -> int:
+    """Cores this process may run on (cgroup/affinity aware where the OS tells us)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(n_threads: int | None = None) -> int:
+    """Give torch *and* the BLAS under NumPy/SciPy the same ``n_threads`` (default: all cores).
+
+    Call once per worker process; with ``k`` worker processes on ``c`` cores use ``c // k`` so the
+    workers don't oversubscribe the machine between them.
+    """
+    n = max(1, int(n_threads or available_cores()))
+    import torch
+
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)  # OpenBLAS/MKL/OpenMP pools already loaded (NumPy, SciPy, implicit)
+    except Exception:  # pragma: no cover - threadpoolctl is optional
+        log.debug("threadpoolctl unavailable; BLAS thread count left as is")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)  # for pools created later in this process
+    return n
+
+
+# -- the fast kernel ---------------------------------------------------------------------------
+def block_top_n(scores, n: int, block: int = DEFAULT_BLOCK):
+    """Exact top-``n`` of each row of a 2-D torch tensor, best first: ``(values, column indices)``.
+
+    Split the columns into blocks of ``block`` and take each block's max. Every item of the true
+    top-``n`` lies in one of the ``n`` blocks with the largest maxima (if its block were not among
+    them, ``n`` other blocks would each hold an item at least as good, pushing it out of the top
+    ``n``), so a top-``n`` over the block maxima, a gather of those ``n × block`` candidates and a
+    top-``n`` over them gives the exact answer while touching ~``(items/block + n·block)`` values
+    per row instead of partitioning all ``items``. Columns past the last whole block are always
+    candidates. Ties at the cut may pick either item (both are a correct top ``n``).
+    """
+    import torch
+
+    rows, cols = scores.shape
+    n = min(n, cols)
+    whole = cols // block
+    if whole <= n or n == 0:  # too few blocks to prune anything
+        values, index = torch.topk(scores, n, dim=1, sorted=True)
+        return values, index
+    head = scores[:, : whole * block].view(rows, whole, block) if scores.is_contiguous() else \
+        scores[:, : whole * block].reshape(rows, whole, block)
+    block_max = head.amax(dim=2)
+    _, best_blocks = torch.topk(block_max, n, dim=1, sorted=False)
+    candidates = (best_blocks.unsqueeze(2) * block + torch.arange(block, dtype=best_blocks.dtype)).view(rows, n * block)
+    if whole * block < cols:
+        tail = torch.arange(whole * block, cols, dtype=candidates.dtype).expand(rows, cols - whole * block)
+        candidates = torch.cat([candidates, tail], dim=1)
+    values, pos = torch.topk(torch.gather(scores, 1, candidates), n, dim=1, sorted=True)
+    return values, torch.gather(candidates, 1, pos)
+
+
+def _finish(values, index) -> tuple[np.ndarray, np.ndarray]:
+    """torch top-n -> the ``recommend`` contract: int32 indices (-1 = none), float32, ties by index."""
+    vals = values.numpy().astype(np.float32, copy=False)
+    idx = index.numpy().astype(np.int32)
+    # Equal scores (rare with factor models) ordered by item index, like ``top_n``: cheap (n per row).
+    if vals.shape[1] > 1 and (vals[:, 1:] == vals[:, :-1]).any():
+        order = np.lexsort((idx, -vals), axis=1)
+        idx, vals = np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    idx[~np.isfinite(vals)] = -1
+    return idx, vals
+
+
+def factor_matrices(model) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user_factors, item_factors)`` if ``model`` scores as ``user_factors[u] @ item_factors.T``.
+
+    A model can say so explicitly with a ``factor_matrices()`` method; otherwise a model with
+    2-D ``user_factors``/``item_factors`` arrays is a *candidate* that ``TopNScorer`` verifies
+    against ``model.score`` before trusting (so a model that e.g. folds in history keeps working).
+    """
+    hook = getattr(model, "factor_matrices", None)
+    if callable(hook):
+        found = hook()
+        if found is not None:
+            return found
+    user_f, item_f = getattr(model, "user_factors", None), getattr(model, "item_factors", None)
+    if isinstance(user_f, np.ndarray) and isinstance(item_f, np.ndarray) and user_f.ndim == item_f.ndim == 2 \
+            and user_f.shape[1] == item_f.shape[1]:
+        return user_f, item_f
+    return None
+
+
+class TopNScorer:
+    """Top-``n`` unseen items for batches of users of one model, with the ``recommend`` contract.
+
+    For factor models: preallocated ``batch × items`` float32 buffer, GEMM into it, mask seen
+    items by flat index, ``block_top_n``. Peak memory = ``parallel`` buffers + O(batch × n),
+    whatever the number of users. Anything else falls back to ``model.recommend`` batch by batch.
+    The first batch is checked against ``model.score`` before the fused path is trusted.
+    """
+
+    def __init__(self, model, n: int, *, batch_size: int = DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
+                 verify: bool = True, parallel: int = 1):
+        import torch
+
+        self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
+        factors = factor_matrices(model)
+        self.fused = factors is not None
+        self._verified = not verify
+        # ``parallel`` batches in flight at once, one Python thread each (torch ops release the
+        # GIL). With torch at 1 intra-op thread this uses ``parallel`` cores with no barrier
+        # between them, which degrades far less than intra-op threads on a busy machine.
+        self.parallel = max(1, int(parallel))
+        if self.fused:
+            user_f, item_f = factors
+            self.user_factors = torch.from_numpy(np.ascontiguousarray(user_f, dtype=np.float32))
+            self.item_factors_t = torch.from_numpy(np.ascontiguousarray(item_f, dtype=np.float32)).t()
+            self.n_items = item_f.shape[0]
+            self._buffers = queue.SimpleQueue()  # one batch × items float32 buffer per thread in flight
+            for _ in range(self.parallel):
+                self._buffers.put(torch.empty((self.batch_size, self.n_items), dtype=torch.float32))
+            self._pool = ThreadPoolExecutor(self.parallel, "topn-score") if self.parallel > 1 else None
+
+    def recommend(self, users: np.ndarray, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """Like ``model.recommend(users, history, n)`` (seen filtered), any number of users."""
+        users = np.asarray(users)
+        idx = np.empty((len(users), self.n), dtype=np.int32)
+        vals = np.empty((len(users), self.n), dtype=np.float32)
+        widths = []
+        if self.fused and len(users):
+            # Learned user factors only for users the model was trained on; others (fold-in from
+            # history, if the model does that) go through the model's own recommend.
+            trained = np.asarray(self.model.has_user(users), dtype=bool)
+            if not trained.all():
+                rest = np.flatnonzero(~trained)
+                i, v = self.model.recommend(users[rest], history[rest], self.n)
+                idx[rest, : i.shape[1]], vals[rest, : i.shape[1]] = i, v
+                widths.append(i.shape[1])
+                if trained.any():
+                    keep = np.flatnonzero(trained)
+                    i, v = self.recommend(users[keep], history[keep])
+                    idx[keep, : i.shape[1]], vals[keep, : i.shape[1]] = i, v
+                    widths.append(i.shape[1])
+                width = min(widths)
+                return (idx[:, :width].copy(), vals[:, :width].copy()) if width < self.n else (idx, vals)
+        bounds = [(lo, min(lo + self.batch_size, len(users))) for lo in range(0, len(users), self.batch_size)]
+        if bounds and self.fused and not self._verified:
+            self._verify(users[: bounds[0][1]], history[: bounds[0][1]])
+
+        def run(bound):
+            lo, hi = bound
+            i, v = self._batch(users[lo:hi], history[lo:hi])
+            idx[lo:hi, : i.shape[1]], vals[lo:hi, : i.shape[1]] = i, v
+            widths.append(i.shape[1])
+
+        if self.fused and self._pool is not None and len(bounds) > 1:
+            list(self._pool.map(run, bounds))  # re-raises the first error
+        else:
+            for bound in bounds:
+                run(bound)
+        width = min(widths) if widths else self.n
+        if width < self.n:  # catalog smaller than n
+            idx, vals = idx[:, :width].copy(), vals[:, :width].copy()
+        return idx, vals
+
+    def _batch(self, users, history):
+        if not self.fused:
+            return self.model.recommend(users, history, self.n)
+        import torch
+
+        b = len(users)
+        buffer = self._buffers.get()
+        try:
+            out = buffer[:b]
+            with torch.no_grad():
+                rows = torch.from_numpy(np.minimum(users, len(self.user_factors) - 1).astype(np.int64, copy=False))
+                torch.mm(self.user_factors.index_select(0, rows), self.item_factors_t, out=out)
+                if history.nnz:
+                    counts = np.diff(history.indptr)
+                    flat = np.repeat(np.arange(b, dtype=np.int64) * self.n_items, counts) + history.indices
+                    if history.shape[1] > self.n_items:  # history may know items the model does not
+                        flat = flat[history.indices < self.n_items]
+                    out.numpy().reshape(-1)[flat] = -np.inf  # a view: masks the buffer in place
+                values, index = block_top_n(out, self.n, self.block)
+            return _finish(values, index)
+        finally:
+            self._buffers.put(buffer)
+
+    def _verify(self, users, history) -> None:
+        """Check on a few users that ``U[u] @ Vᵀ`` reproduces ``model.score``; else use the model."""
+        sample = users[: min(len(users), 32)]
+        expected = np.asarray(self.model.score(sample, history[: len(sample)]), dtype=np.float32)
+        mine = self.user_factors.numpy()[np.minimum(sample, len(self.user_factors) - 1)] @ self.item_factors_t.numpy()
+        self._verified = True
+        if expected.shape != mine.shape or not np.allclose(expected, mine, rtol=1e-4, atol=1e-5):
+            log.warning("%s: factor product does not reproduce model.score; using model.recommend",
+                        type(self.model).__name__)
+            self.fused = False
+            self._buffers = None

@@ -4,6 +4,7 @@ Layout under the root (see README)::
 
     raw/dt=YYYY-MM-DD/events.parquet         landed events of that day
     quarantine/dt=YYYY-MM-DD/...             rows rejected by the raw gate, with reasons
+    clean/dt=YYYY-MM-DD/events.parquet       the raw gate's accepted rows (what preprocess reads)
     features/dt=YYYY-MM-DD/...               prepared training data for the run of that day
     models/dt=YYYY-MM-DD/...                 trained models and their metrics
     topn/dt=YYYY-MM-DD/v=VERSION/part-*.parquet   top-N output, one immutable version per attempt
@@ -32,7 +33,7 @@ import pyarrow.parquet as pq
 from nightly_topn import __version__
 from nightly_topn.config import storage_root
 
-KINDS = ("raw", "quarantine", "features", "models", "topn", "reports", "alerts")
+KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "reports", "alerts")
 MANIFEST = "_manifest.json"
 POINTER = "CURRENT.json"
 

@@ -6,7 +6,14 @@ what makes point lookups cheap (file and row-group statistics skip to one user).
 are named by their range, so a retried bundle rewrites the same file (idempotent), and each is
 written to a temporary name and renamed, so no reader sees a partial file.
 
-Run it directly (any runner; unknown flags go to ``PipelineOptions``)::
+Per element, the work is vectorised end to end: ``TopNScorer`` scores the range in batches
+(one GEMM per batch into a preallocated buffer, seen items masked by index, block-max top-N),
+and the writer turns the resulting ``users × N`` arrays into one Arrow record batch (list
+columns built from offsets, item ids mapped with one ``take``) handed to ``pq.ParquetWriter``:
+no Python per user or per item. Memory per worker = history CSR + model + one ``batch × items``
+float32 buffer, independent of the number of users in a range.
+
+Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
     python -m nightly_topn.pipelines.topn_pipeline --features DIR --model DIR --fallback DIR \\
         --output DIR --logical_date 2024-03-01 --model_version V [--runner ... beam flags]
@@ -21,92 +28,244 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 log = logging.getLogger(__name__)
 
+#: Rows per Parquet row group: a lookup decodes one row group, so keep it small (see benchmarks).
+DEFAULT_ROW_GROUP = 128
+#: Part-file encoding. Item ids are plain-encoded (a per-row-group dictionary of ~12K distinct
+#: ids costs a hash per value to write and saves nothing after zstd) and scores use
+#: BYTE_STREAM_SPLIT, which zstd compresses well. Measured at 8192 users × top-100: ~1.7x faster
+#: writes, ~1.8x faster row-group reads and 35% smaller files than the default dictionary encoding.
+PARQUET_OPTIONS = dict(
+    compression="zstd",
+    write_statistics=True,
+    use_dictionary=["source", "model_version", "logical_date"],
+    use_byte_stream_split=["scores.list.element"],
+)
+
+
+def load_history(features_dir: str):
+    """The ``users × items`` confidence CSR of a features partition, read column-wise.
+
+    Reads only ``user_index``/``item_index``/``confidence`` (no per-row Python objects) and, as
+    preprocess writes interactions sorted by user, builds ``indptr`` with a bincount instead of a
+    COO→CSR sort. 20M interactions ≈ 240 MB.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import scipy.sparse as sp
+    from apache_beam.io.filesystems import FileSystems
+
+    def metadata(name):
+        with FileSystems.open(FileSystems.join(features_dir, name)) as handle:
+            return pq.read_metadata(handle)
+
+    n_users = metadata("user_map.parquet").num_rows
+    n_items = metadata("item_map.parquet").num_rows
+    nnz = metadata("interactions.parquet").num_rows
+    # Row group by row group into preallocated arrays: peak = the arrays + one row group.
+    users = np.empty(nnz, dtype=np.int32)
+    items = np.empty(nnz, dtype=np.int32)
+    conf = np.empty(nnz, dtype=np.float32)
+    at, ordered, last = 0, True, -1
+    with FileSystems.open(FileSystems.join(features_dir, "interactions.parquet")) as handle:
+        reader = pq.ParquetFile(handle)
+        for rg in range(reader.num_row_groups):
+            group = reader.read_row_group(rg, columns=["user_index", "item_index", "confidence"])
+            k = group.num_rows
+            for out, name in ((users, "user_index"), (items, "item_index"), (conf, "confidence")):
+                for chunk in group.column(name).chunks:
+                    out[at : at + len(chunk)] = chunk.to_numpy()
+                    at += len(chunk)
+                at -= k
+            block = users[at : at + k]
+            ordered = ordered and (k == 0 or (block[0] >= last and bool(np.all(block[1:] >= block[:-1]))))
+            last = block[-1] if k else last
+            at += k
+            del group
+            pa.default_memory_pool().release_unused()
+    pa.default_memory_pool().release_unused()
+    if ordered:
+        indptr = np.zeros(n_users + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
+        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
+        del users
+        matrix = sp.csr_matrix((conf, items.astype(indptr.dtype, copy=False), indptr), shape=(n_users, n_items))
+    else:
+        matrix = sp.csr_matrix((conf, (users, items)), shape=(n_users, n_items))
+    matrix.sort_indices()
+    return matrix
+
+
+def local_copy(model_dir: str) -> str:
+    """``model_dir`` itself when local; a remote one (``gs://``, ``s3://``, ``hdfs://``...) is
+    copied once per worker into a temporary directory, since models load from a local path."""
+    if "://" not in model_dir:
+        return model_dir
+    import tempfile
+
+    from apache_beam.io.filesystems import FileSystems
+
+    from nightly_topn.models.base import ARRAYS_FILE, META_FILE
+
+    local = tempfile.mkdtemp(prefix="topn-model-")
+    for name in (META_FILE, ARRAYS_FILE):
+        with FileSystems.open(FileSystems.join(model_dir, name)) as src, open(f"{local}/{name}", "wb") as dst:
+            while chunk := src.read(1 << 24):
+                dst.write(chunk)
+    return local
+
 
 class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
-    def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int):
+    def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
+                 threads: int = 0):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
-        self.top_n, self.batch_size = top_n, batch_size
+        self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
 
     def setup(self):
         # Heavy state once per worker, not per element.
-        from nightly_topn.features import Features
+        from nightly_topn import scoring
         from nightly_topn.models import load_model
 
-        features = Features.load(self.features_dir)
-        self.history = features.matrix()
-        self.user_ids, self.item_ids = features.user_ids, features.item_ids
-        self.model = load_model(self.model_dir)
-        self.fallback = load_model(self.fallback_dir)
+        self.threads = scoring.configure_threads(self.threads or None)
+        self.history = load_history(self.features_dir)
+        self.model = load_model(local_copy(self.model_dir))
+        self.fallback = load_model(local_copy(self.fallback_dir))
+        # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
+        # barriers, which stall on a busy machine); other models get BLAS threads instead.
+        self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads)
+        if self.scorer.fused and self.threads > 1:
+            import torch
+
+            torch.set_num_threads(1)
+        self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size)
 
     def process(self, user_range):
         import numpy as np
 
         start, end = user_range
         users = np.arange(start, end)
-        items = np.empty((len(users), self.top_n), dtype=np.int32)
-        scores = np.empty((len(users), self.top_n), dtype=np.float32)
-        known = self.model.has_user(users)
-        for rows, model in ((np.flatnonzero(known), self.model), (np.flatnonzero(~known), self.fallback)):
-            for lo in range(0, len(rows), self.batch_size):
-                chunk = rows[lo : lo + self.batch_size]
-                idx, val = model.recommend(users[chunk], self.history[users[chunk]], self.top_n)
-                items[chunk], scores[chunk] = idx, val
+        items = np.full((len(users), self.top_n), -1, dtype=np.int32)
+        scores = np.full((len(users), self.top_n), -np.inf, dtype=np.float32)
+        history = self.history[start:end]
+        try:  # models that fold users in from their history score them too
+            known = np.asarray(self.model.has_user(users, history), dtype=bool)
+        except TypeError:  # a model with the older ``has_user(users)`` signature
+            known = np.asarray(self.model.has_user(users), dtype=bool)
+        for rows, scorer in ((np.flatnonzero(known), self.scorer), (np.flatnonzero(~known), self.fallback_scorer)):
+            if not len(rows):
+                continue
+            contiguous = rows[-1] - rows[0] + 1 == len(rows)
+            rows_history = history[rows[0] : rows[-1] + 1] if contiguous else history[rows]
+            idx, val = scorer.recommend(users[rows], rows_history)
+            items[rows, : idx.shape[1]], scores[rows, : idx.shape[1]] = idx, val
         yield start, end, items, scores, known
 
 
 class WriteRangeParquet(beam.DoFn):
-    """Write one scored range as ``part-START-END.parquet`` (temp name, then rename)."""
+    """Write one scored range as ``part-START-END.parquet`` (temp name, then rename).
 
-    def __init__(self, features_dir: str, output_dir: str, logical_date: str, model_version: str):
+    One row per user (sorted by user id), zstd, row groups of ``row_group_size`` users with
+    min/max statistics, ``sorting_columns`` declared, so a reader can go straight to one user.
+    """
+
+    def __init__(self, features_dir: str, output_dir: str, logical_date: str, model_version: str,
+                 row_group_size: int = DEFAULT_ROW_GROUP):
         self.features_dir, self.output_dir = features_dir, output_dir
         self.logical_date, self.model_version = logical_date, model_version
+        self.row_group_size = row_group_size
 
     def setup(self):
         import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
 
-        self.user_ids = pq.read_table(f"{self.features_dir}/user_map.parquet").column("user_id")
-        self.item_ids = pq.read_table(f"{self.features_dir}/item_map.parquet").column("item_id")
+        def column(name, col):
+            with FileSystems.open(FileSystems.join(self.features_dir, name)) as handle:
+                return pq.read_table(handle, columns=[col]).column(col).combine_chunks()
 
-    def process(self, scored):
+        self.user_ids = column("user_map.parquet", "user_id")
+        self.item_ids = column("item_map.parquet", "item_id")
+
+    def to_batch(self, start, end, items, scores, known):
+        """The range as one Arrow record batch in the ``schemas.TOPN`` layout (vectorised)."""
         import datetime as dt
 
         import numpy as np
         import pyarrow as pa
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
+        import pyarrow.compute as pc
 
         from nightly_topn import schemas
 
-        start, end, items, scores, known = scored
-        valid = items >= 0
-        lengths = valid.sum(axis=1)
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-        flat_items = self.item_ids.take(pa.array(items[valid]))
         n = end - start
-        table = pa.Table.from_arrays(
+        valid = items >= 0
+        if valid.all():
+            offsets = np.arange(0, items.size + 1, items.shape[1], dtype=np.int32)
+            flat_items, flat_scores = items.reshape(-1), scores.reshape(-1)
+        else:
+            offsets = np.zeros(n + 1, dtype=np.int32)
+            np.cumsum(valid.sum(axis=1), out=offsets[1:])
+            flat_items, flat_scores = items[valid], scores[valid]
+        offsets = pa.array(offsets)
+        item_ids = self.item_ids.take(pa.array(flat_items))
+        return pa.RecordBatch.from_arrays(
             [
                 self.user_ids.slice(start, n),
-                pa.ListArray.from_arrays(pa.array(offsets), flat_items.combine_chunks()),
-                pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid], pa.float32())),
-                pa.array(np.where(known, "model", "fallback")),
-                pa.array([self.model_version] * n, pa.string()),
-                pa.array([dt.date.fromisoformat(self.logical_date)] * n, pa.date32()),
+                pa.ListArray.from_arrays(offsets, item_ids),
+                pa.ListArray.from_arrays(offsets, pa.array(flat_scores, pa.float32())),
+                pc.if_else(pa.array(known), "model", "fallback"),
+                pa.repeat(pa.scalar(self.model_version, pa.string()), n),
+                pa.repeat(pa.scalar(dt.date.fromisoformat(self.logical_date), pa.date32()), n),
             ],
             schema=schemas.TOPN,
         )
+
+    def process(self, scored):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        start, end = scored[0], scored[1]
+        batch = self.to_batch(*scored)
         name = f"part-{start:010d}-{end:010d}.parquet"
         final = FileSystems.join(self.output_dir, name)
         tmp = FileSystems.join(self.output_dir, f".tmp-{name}")
         with FileSystems.create(tmp) as handle:
-            pq.write_table(table, handle, compression="zstd", row_group_size=1024)
+            with pq.ParquetWriter(handle, batch.schema, sorting_columns=[pq.SortingColumn(0)],
+                                  **PARQUET_OPTIONS) as writer:
+                writer.write_batch(batch, row_group_size=self.row_group_size)
         FileSystems.rename([tmp], [final])
-        yield name, n
+        pa.default_memory_pool().release_unused()  # keep the worker's footprint flat across ranges
+        yield name, end - start
 
 
 def user_ranges(n_users: int, range_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + range_size, n_users)) for lo in range(0, n_users, range_size)]
+
+
+def threads_per_worker(options: PipelineOptions, requested: int = 0) -> int:
+    """Scoring threads per worker process so that workers × threads ≤ cores (0 = decide here).
+
+    Local multi-process runs split this machine's cores between ``--direct_num_workers``
+    processes; a single-process run uses them all; on a cluster the worker's own cores are not
+    known here, so 0 is passed through and each worker uses its cores (set ``--scoring_threads``
+    to ``cores / SDK processes per VM`` when a runner starts several per machine).
+    """
+    if requested:
+        return requested
+    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+
+    from nightly_topn.scoring import available_cores
+
+    runner = (options.view_as(StandardOptions).runner or "DirectRunner")
+    runner = runner if isinstance(runner, str) else type(runner).__name__
+    if runner not in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+        return 0
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode in ("multi_processing", "multi_threading"):
+        workers = direct.direct_num_workers or available_cores()
+        if direct.direct_running_mode == "multi_processing":
+            return max(1, available_cores() // workers)
+    return available_cores()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,8 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--logical_date", required=True)
     parser.add_argument("--model_version", required=True)
     parser.add_argument("--top_n", type=int, default=20)
-    parser.add_argument("--batch_size", type=int, default=1024, help="users scored per matrix product")
+    parser.add_argument("--batch_size", type=int, default=512, help="users scored per matrix product")
     parser.add_argument("--range_size", type=int, default=8192, help="users per element / part file")
+    parser.add_argument("--row_group_size", type=int, default=DEFAULT_ROW_GROUP, help="users per Parquet row group")
+    parser.add_argument("--scoring_threads", type=int, default=0,
+                        help="torch/BLAS threads per worker process (0 = cores / local worker processes)")
     return parser
 
 
@@ -127,17 +289,22 @@ def run(argv=None) -> None:
     """Run the pipeline to completion; part files appear in ``--output``."""
     known_args, pipeline_args = build_parser().parse_known_args(argv)
     import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
 
-    n_users = pq.read_metadata(f"{known_args.features}/user_map.parquet").num_rows
-    with beam.Pipeline(options=PipelineOptions(pipeline_args)) as pipeline:
+    with FileSystems.open(FileSystems.join(known_args.features, "user_map.parquet")) as handle:
+        n_users = pq.read_metadata(handle).num_rows
+    options = PipelineOptions(pipeline_args)
+    threads = threads_per_worker(options, known_args.scoring_threads)
+    with beam.Pipeline(options=options) as pipeline:
         (
             pipeline
             | "UserRanges" >> beam.Create(user_ranges(n_users, known_args.range_size))
             | "Spread" >> beam.Reshuffle()
             | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
-                                                  known_args.top_n, known_args.batch_size))
+                                                  known_args.top_n, known_args.batch_size, threads))
             | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
-                                                      known_args.logical_date, known_args.model_version))
+                                                      known_args.logical_date, known_args.model_version,
+                                                      known_args.row_group_size))
         )
 
 

@@ -28,7 +28,8 @@ def run_day(date, root, *, source=SMALL_SOURCE, until="publish", **overrides):
     from nightly_topn.config import RunParams
     from nightly_topn.jobs import steps
 
-    params = RunParams.from_mapping({"train_window_days": SMALL_WINDOW, "top_n": 10, **overrides})
+    # ALS unless a test asks otherwise: these tests are about the jobs, not model selection.
+    params = RunParams.from_mapping({"train_window_days": SMALL_WINDOW, "top_n": 10, "model": "als", **overrides})
     results = {}
     for name, job in steps():
         kwargs = {"root": root, "params": params}

@@ -19,7 +19,7 @@ from nightly_topn.models import load_model
 from nightly_topn.storage import Storage
 
 DATE = "2024-03-01"
-PARAMS = RunParams(train_window_days=SMALL_WINDOW, top_n=10)
+PARAMS = RunParams(train_window_days=SMALL_WINDOW, top_n=10, model="als")
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,23 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import Recommender
+from nightly_topn.models.base import Recommender, binarize
 
 
 class Popularity(Recommender):
-    name = "popularity"
+    """Items ranked by how many distinct users interacted with them (binary counts)."""
 
-    def fit(self, interactions: sp.csr_matrix) -> "Popularity":
-        binary = interactions.copy()
-        binary.data = np.ones_like(binary.data)
-        counts = np.asarray(binary.sum(axis=0)).ravel().astype(np.float32)
-        # A tiny index-based tiebreak keeps equal counts in a stable order.
+    name = "popularity"
+    folds_in = False
+
+    def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "Popularity":
+        counts = np.asarray(binarize(interactions).sum(axis=0)).ravel().astype(np.float32)
         self.item_scores = counts
-        self.n_items = interactions.shape[1]
+        self.n_users, self.n_items = interactions.shape
         return self
+
+    def has_user(self, users, history=None):
+        return np.ones(len(users), dtype=bool)  # it scores anyone (that is what a fallback is for)
 
     def score(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         return np.tile(self.item_scores, (len(users), 1))

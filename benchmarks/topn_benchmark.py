@@ -1,0 +1,417 @@
+"""Top-N step at MovieLens-20M shape: the project's pipeline vs its kernel, implicit, a naive
+Beam DoFn and the machine's GEMM bound — users/second, peak RSS and lookup latency, one run.
+
+    . .venv/bin/activate && python benchmarks/topn_benchmark.py            # ~5-10 min on 2 cores
+
+Data: ``benchmarks/topn_data.py`` builds (once; reused while the spec is unchanged) a storage
+root under ``var/bench/ml20m`` in the project's layout: 138,493 users × 26,744 items, ~20M
+interactions, 64-factor ALS saved by the project's ``ALS`` class. Everything below reads it.
+
+Each measurement runs in its own Python process (so imports, thread pools and peak RSS don't
+leak between them; RSS = the sum over the process tree, sampled every 20 ms):
+
+* ``bound``: float32 GEMM FLOP/s measured with torch (square 2048³ and the scoring shape,
+  batch × 64 × items) on all cores → users/s = FLOP/s ÷ (2 · items · factors).
+* ``kernel``: ``scoring.TopNScorer`` over all users in memory (history + model already loaded).
+* ``implicit``: ``implicit`` ALS (CPU) with the same factors, ``recommend(all users, history,
+  N, filter_already_liked_items=True)`` in one call, ``num_threads=0`` (all cores).
+* ``pipeline``: the real ``jobs.topn.topn`` (Beam pipeline: read model + history → score →
+  Parquet part files on disk + lookup index + manifest), timed by the job itself, on the
+  default DirectRunner and on ``--direct_running_mode=multi_processing --direct_num_workers=2``;
+  the two outputs are compared row for row.
+* ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(one model.recommend call
+  per user, yielding a dict) | WriteToParquet`` — on the same runners, on samples of ``S`` and
+  ``2S`` users; extrapolated to all users from the per-user marginal cost plus the fixed cost.
+* ``lookup``: ``TopNReader`` on the default run's output, warm, 10,000 random users.
+
+The machine may be shared: kernel, implicit and both pipeline runs are repeated ``--repeat``
+times (default 2), interleaved, and the best run of each is reported (all runs are printed).
+Ratios are only meaningful within one run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+DATE = "2024-03-01"
+MP_FLAGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+# -- tasks (each runs in a fresh process: ``--task NAME``) --------------------------------------
+def task_bound(args):
+    import torch
+
+    from nightly_topn.scoring import configure_threads
+
+    threads = configure_threads()
+    out = {"threads": threads}
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    c = torch.empty(2048, 2048)
+    out["square_gflops"] = _best_rate(lambda: torch.mm(a, b, out=c), 2 * 2048**3) / 1e9
+    u, v = torch.randn(args.batch_size, args.factors), torch.randn(args.items, args.factors)
+    buf = torch.empty(args.batch_size, args.items)
+    out["shaped_gflops"] = _best_rate(lambda: torch.mm(u, v.t(), out=buf), 2 * args.batch_size * args.items * args.factors) / 1e9
+    return out
+
+
+def _best_rate(fn, work, reps=7):
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        started = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - started)
+    return work / best
+
+
+def _load(root):
+    from nightly_topn.models import load_model
+    from nightly_topn.pipelines.topn_pipeline import load_history
+
+    history = load_history(f"{root}/features/dt={DATE}")
+    model = load_model(f"{root}/models/dt={DATE}/final/als")
+    return history, model
+
+
+def task_kernel(args):
+    import numpy as np
+
+    from nightly_topn import scoring
+
+    threads = scoring.configure_threads(args.threads or None)
+    history, model = _load(args.root)
+    n_users = history.shape[0]
+    # the pipeline's setting: ``threads`` batches in flight, one torch thread each
+    scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads)
+    if scorer.fused and threads > 1:
+        import torch
+
+        torch.set_num_threads(1)
+    scorer.recommend(np.arange(args.batch_size), history[: args.batch_size])  # warm (buffer, verify)
+    items = np.empty((n_users, args.top_n), np.int32)
+    scores = np.empty((n_users, args.top_n), np.float32)
+    started = time.perf_counter()
+    for lo in range(0, n_users, args.range_size):  # the pipeline's elements
+        hi = min(lo + args.range_size, n_users)
+        items[lo:hi], scores[lo:hi] = scorer.recommend(np.arange(lo, hi), history[lo:hi])
+    seconds = time.perf_counter() - started
+    # spot check against the model's own recommend (exact same items and order)
+    sample = np.random.default_rng(0).choice(n_users, 200, replace=False)
+    ref_items, _ = model.recommend(sample, history[sample], args.top_n)
+    agree = float((ref_items == items[sample]).mean())
+    return {"users": n_users, "seconds": seconds, "users_per_s": n_users / seconds, "threads": threads,
+            "batch_size": args.batch_size, "agreement_with_model_recommend": agree}
+
+
+def task_implicit(args):
+    import numpy as np
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    history, model = _load(args.root)
+    als = AlternatingLeastSquares(factors=model.user_factors.shape[1], num_threads=0)
+    als.user_factors, als.item_factors = model.user_factors, model.item_factors
+    users = np.arange(history.shape[0])
+    started = time.perf_counter()
+    ids, _ = als.recommend(users, history, N=args.top_n, filter_already_liked_items=True)
+    seconds = time.perf_counter() - started
+    return {"users": len(users), "seconds": seconds, "users_per_s": len(users) / seconds, "shape": list(ids.shape)}
+
+
+def task_pipeline(args):
+    import json as _json
+
+    from nightly_topn.config import RunParams
+    from nightly_topn.jobs.topn import topn
+
+    beam_args = [f"--batch_size={args.batch_size}", f"--range_size={args.range_size}", *args.beam]
+    result = topn(DATE, root=args.root, params=RunParams(top_n=args.top_n), beam_args=beam_args)
+    manifest = _json.loads((Path(result["path"]) / "_manifest.json").read_text())
+    seconds = manifest["seconds"]
+    return {**result, "seconds": seconds, "users_per_s": result["rows"] / seconds, "beam_args": beam_args}
+
+
+class NaiveRecommendDoFn:  # built lazily (Beam imported inside the task)
+    pass
+
+
+def task_naive(args):
+    import apache_beam as beam
+    import pyarrow as pa
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    root, top_n = args.root, args.top_n
+
+    class RecommendOne(beam.DoFn):
+        """One element = one user: what a tutorial writes (one recommend call, dict out)."""
+
+        def setup(self):
+            import pyarrow.parquet as pq
+
+            from nightly_topn.models import load_model
+            from nightly_topn.pipelines.topn_pipeline import load_history
+
+            self.history = load_history(f"{root}/features/dt={DATE}")
+            self.model = load_model(f"{root}/models/dt={DATE}/final/als")
+            self.user_ids = pq.read_table(f"{root}/features/dt={DATE}/user_map.parquet").column("user_id").to_pylist()
+            self.item_ids = pq.read_table(f"{root}/features/dt={DATE}/item_map.parquet").column("item_id").to_pylist()
+
+        def process(self, user):
+            import datetime as dt
+
+            import numpy as np
+
+            idx, val = self.model.recommend(np.array([user]), self.history[user], top_n)
+            keep = idx[0] >= 0
+            yield {"user_id": self.user_ids[user], "item_ids": [self.item_ids[i] for i in idx[0][keep]],
+                   "scores": [float(s) for s in val[0][keep]], "source": "model", "model_version": "naive",
+                   "logical_date": dt.date.fromisoformat(DATE)}
+
+    from nightly_topn import schemas
+
+    out_dir = Path(args.root) / "naive_out"
+    out_dir.mkdir(exist_ok=True)
+    schema = pa.schema(list(schemas.TOPN))  # no metadata
+    options = PipelineOptions(["--runner=DirectRunner", *args.beam])
+    started = time.perf_counter()
+    with beam.Pipeline(options=options) as pipeline:
+        (pipeline
+         | beam.Create(list(range(args.sample)))
+         | beam.ParDo(RecommendOne())
+         | beam.io.WriteToParquet(str(out_dir / f"naive-{args.sample}"), schema, codec="zstd",
+                                  file_name_suffix=".parquet"))
+    return {"users": args.sample, "seconds": time.perf_counter() - started}
+
+
+TASKS = {"bound": task_bound, "kernel": task_kernel, "implicit": task_implicit, "pipeline": task_pipeline,
+         "naive": task_naive}
+
+
+# -- the orchestrator ----------------------------------------------------------------------
+def run_task(name: str, args, extra: list[str] = ()) -> dict:
+    """Run ``--task name`` in a child process; its JSON result + peak RSS of its process tree."""
+    import psutil
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--task", name, "--root", str(args.root),
+           "--top-n", str(args.top_n), "--batch-size", str(args.batch_size), "--range-size", str(args.range_size),
+           "--factors", str(args.factors), "--items", str(args.items), *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak, done = [0], threading.Event()
+
+    def sample():
+        parent = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                total = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
+                peak[0] = max(peak[0], total)
+            except psutil.Error:
+                pass
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    done.set()
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"task {name} failed ({proc.returncode}):\n{stderr[-4000:]}")
+    result = json.loads(stdout.strip().splitlines()[-1])
+    result["peak_rss_mib"] = peak[0] / 2**20
+    return result
+
+
+def naive_rate(args, beam: list[str], n_users: int) -> dict:
+    """Users/s of the naive DoFn for all users, from runs on S and 2S users (fixed + marginal cost)."""
+    small = run_task("naive", args, ["--sample", str(args.naive_sample), *[f"--beam={b}" for b in beam]])
+    large = run_task("naive", args, ["--sample", str(2 * args.naive_sample), *[f"--beam={b}" for b in beam]])
+    per_user = max((large["seconds"] - small["seconds"]) / args.naive_sample, 1e-9)
+    fixed = max(small["seconds"] - per_user * args.naive_sample, 0.0)
+    total = fixed + per_user * n_users
+    return {"sample_seconds": [small["seconds"], large["seconds"]], "marginal_users_per_s": 1 / per_user,
+            "extrapolated_seconds": total, "users_per_s": n_users / total,
+            "peak_rss_mib": max(small["peak_rss_mib"], large["peak_rss_mib"])}
+
+
+def lookup_latency(path: str, n: int, seed: int = 0) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from nightly_topn.lookup import TopNReader
+
+    manifest = json.loads((Path(path) / "_manifest.json").read_text())
+    ids = np.concatenate([pq.read_table(Path(path) / f, columns=["user_id"]).column(0).to_numpy(zero_copy_only=False)
+                          for f in manifest["files"]])
+    rng = np.random.default_rng(seed)
+    reader = TopNReader(path)
+    for uid in rng.choice(ids, 200):  # warm: imports, open files, page cache
+        reader.get(str(uid))
+    times, misses = [], 0
+    for uid in rng.choice(ids, n):
+        started = time.perf_counter()
+        row = reader.get(str(uid))
+        times.append(time.perf_counter() - started)
+        misses += row is None or row["user_id"] != uid
+    t = np.array(times) * 1e3
+    return {"n": n, "p50_ms": float(np.percentile(t, 50)), "p99_ms": float(np.percentile(t, 99)),
+            "max_ms": float(t.max()), "wrong_or_missing": misses}
+
+
+def identical_outputs(path_a: str, path_b: str) -> bool:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def read(path):
+        files = json.loads((Path(path) / "_manifest.json").read_text())["files"]
+        return files, pa.concat_tables(pq.read_table(Path(path) / f) for f in files)
+
+    (files_a, a), (files_b, b) = read(path_a), read(path_b)
+    return files_a == files_b and a.equals(b)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default="var/bench/ml20m")
+    parser.add_argument("--top-n", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--range-size", type=int, default=8192)
+    parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument("--repeat", type=int, default=2, help="interleaved runs per throughput (best kept)")
+    parser.add_argument("--lookups", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=138_493)
+    parser.add_argument("--items", type=int, default=26_744)
+    parser.add_argument("--interactions", type=int, default=20_000_263)
+    parser.add_argument("--factors", type=int, default=64)
+    parser.add_argument("--skip", default="", help="comma list of: implicit,naive,mp (multi-process runs)")
+    parser.add_argument("--json", help="also write all figures to this JSON file")
+    # internal: run one task in this process
+    parser.add_argument("--task", choices=sorted(TASKS))
+    parser.add_argument("--sample", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--beam", action="append", default=[])
+    args = parser.parse_args(argv)
+    args.root = str(Path(args.root).resolve())
+
+    if args.task:
+        import logging
+
+        logging.disable(logging.WARNING)
+        print(json.dumps(TASKS[args.task](args), default=str))
+        return 0
+
+    import topn_data
+
+    skip = set(filter(None, args.skip.split(",")))
+    t0 = time.perf_counter()
+    data = topn_data.build(args.root, users=args.users, items=args.items, interactions=args.interactions,
+                           factors=args.factors)
+    n_users = data["spec"]["users"]
+    print(f"data: {n_users} users x {data['spec']['items']} items, {data['nnz']:,} interactions, "
+          f"{args.factors} factors, top-{args.top_n} (root {args.root}; built in {data['seconds']} s)", flush=True)
+    import shutil
+
+    for old in (Path(args.root) / "topn", Path(args.root) / "naive_out"):  # previous runs' outputs
+        shutil.rmtree(old, ignore_errors=True)
+    r = {"data": data, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
+    # The machine is shared: each throughput is measured ``--repeat`` times, interleaved
+    # (kernel, implicit, pipeline, pipeline-mp, kernel, ...), and the best run of each is kept,
+    # so a burst of outside load hits every contender alike rather than one of them.
+    runs: dict[str, list[dict]] = {}
+    for _ in range(args.repeat):
+        runs.setdefault("bound", []).append(run_task("bound", args))
+        runs.setdefault("kernel", []).append(run_task("kernel", args))
+        if "implicit" not in skip:
+            runs.setdefault("implicit", []).append(run_task("implicit", args))
+        runs.setdefault("pipeline", []).append(run_task("pipeline", args))
+        if "mp" not in skip:
+            runs.setdefault("pipeline_mp", []).append(run_task("pipeline", args, [f"--beam={f}" for f in MP_FLAGS]))
+    for key, results in runs.items():
+        rate = (lambda x: x["square_gflops"]) if key == "bound" else (lambda x: x["users_per_s"])
+        r[key] = {**max(results, key=rate), "all_runs": [round(rate(x), 1) for x in results],
+                  "peak_rss_mib": max(x.get("peak_rss_mib", 0) for x in results)}
+    if "pipeline_mp" in r:
+        r["identical_single_vs_multi"] = identical_outputs(r["pipeline"]["path"], r["pipeline_mp"]["path"])
+    if "naive" not in skip:
+        r["naive"] = naive_rate(args, [], n_users)
+        if "mp" not in skip:
+            r["naive_mp"] = naive_rate(args, MP_FLAGS, n_users)
+    r["lookup"] = lookup_latency(r["pipeline"]["path"], args.lookups)
+    r["load_avg_end"] = os.getloadavg()
+    r["wall_seconds"] = time.perf_counter() - t0
+    report(r, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2, default=str) + "\n")
+    return 0
+
+
+def report(r, args):
+    b = r["bound"]
+    flops_per_user = 2 * args.items * args.factors
+    bound_ups = b["square_gflops"] * 1e9 / flops_per_user
+    shaped_ups = b["shaped_gflops"] * 1e9 / flops_per_user
+    imp = r.get("implicit", {}).get("users_per_s")
+    rows = [
+        ("machine bound: GEMM 2048^3 %.0f GFLOP/s / (2*items*factors)" % b["square_gflops"], bound_ups, None),
+        ("GEMM at scoring shape (%dx%dx%d) %.0f GFLOP/s" % (args.batch_size, args.factors, args.items, b["shaped_gflops"]),
+         shaped_ups, None),
+        ("scoring kernel alone (TopNScorer, in memory)", r["kernel"]["users_per_s"], r["kernel"]["peak_rss_mib"]),
+    ]
+    if imp:
+        rows.append(("implicit ALS batch recommend, all users (in memory)", imp, r["implicit"]["peak_rss_mib"]))
+    rows.append(("pipeline end to end, DirectRunner (Parquet on disk)", r["pipeline"]["users_per_s"],
+                 r["pipeline"]["peak_rss_mib"]))
+    if "pipeline_mp" in r:
+        rows.append(("pipeline end to end, DirectRunner multi_processing x2", r["pipeline_mp"]["users_per_s"],
+                     r["pipeline_mp"]["peak_rss_mib"]))
+    if "naive" in r:
+        rows.append(("naive 1 user/element DoFn, DirectRunner (extrapolated)", r["naive"]["users_per_s"],
+                     r["naive"]["peak_rss_mib"]))
+    if "naive_mp" in r:
+        rows.append(("naive 1 user/element DoFn, multi_processing x2 (extrap.)", r["naive_mp"]["users_per_s"],
+                     r["naive_mp"]["peak_rss_mib"]))
+    print()
+    print(f"{'measurement':62s} {'users/s':>9s} {'x implicit':>10s} {'% bound':>8s} {'peak RSS':>9s}")
+    print("-" * 102)
+    for name, ups, rss in rows:
+        ratio = f"{ups / imp:.2f}" if imp else "-"
+        rss_s = f"{rss:.0f} MiB" if rss else "-"
+        print(f"{name:62s} {ups:9.0f} {ratio:>10s} {100 * ups / bound_ups:7.1f}% {rss_s:>9s}")
+    lk = r["lookup"]
+    print(f"{'lookup, warm TopNReader, %d random users' % lk['n']:62s} p50 {lk['p50_ms']:.2f} ms  p99 {lk['p99_ms']:.2f} ms"
+          f"  max {lk['max_ms']:.1f} ms  wrong/missing {lk['wrong_or_missing']}")
+    print("all runs (users/s; GFLOP/s for the bound): " + ", ".join(
+        f"{k} {r[k]['all_runs']}" for k in ("bound", "kernel", "implicit", "pipeline", "pipeline_mp") if k in r))
+    if "identical_single_vs_multi" in r:
+        print(f"single-process vs multi-process output identical: {r['identical_single_vs_multi']}")
+    print(f"kernel agreement with model.recommend on 200 users: {r['kernel']['agreement_with_model_recommend']:.3f}")
+    print(f"load average start {r['load_avg_start'][0]:.1f}, end {r['load_avg_end'][0]:.1f} on {r['cpus']} CPUs; "
+          f"benchmark wall {r['wall_seconds']:.0f} s")
+    print("\ntargets (ratios measured in this run):")
+    pipe = r["pipeline"]["users_per_s"]
+    checks = []
+    if imp:
+        checks.append(("pipeline e2e (DirectRunner) >= 1.3x implicit", pipe / imp, 1.3))
+        if "pipeline_mp" in r:
+            checks.append(("pipeline e2e (multi_processing) >= 1.3x implicit", r["pipeline_mp"]["users_per_s"] / imp, 1.3))
+        checks.append(("scoring kernel >= 1.8x implicit", r["kernel"]["users_per_s"] / imp, 1.8))
+    if "naive" in r:
+        checks.append(("pipeline >= 6x naive DoFn, DirectRunner", pipe / r["naive"]["users_per_s"], 6.0))
+    if "naive_mp" in r and "pipeline_mp" in r:
+        checks.append(("pipeline >= 6x naive DoFn, multi_processing",
+                       r["pipeline_mp"]["users_per_s"] / r["naive_mp"]["users_per_s"], 6.0))
+    for name, value, target in checks:
+        print(f"  {name:52s} {value:6.2f}x  {'PASS' if value >= target else 'FAIL'}")
+    peak = max(r["pipeline"]["peak_rss_mib"], r.get("pipeline_mp", {}).get("peak_rss_mib", 0))
+    print(f"  {'peak RSS of the top-N step <= 2048 MiB':52s} {peak:6.0f} MiB  {'PASS' if peak <= 2048 else 'FAIL'}")
+    print(f"  {'lookup p99 <= 20 ms':52s} {lk['p99_ms']:6.2f} ms  {'PASS' if lk['p99_ms'] <= 20 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

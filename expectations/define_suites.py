@@ -1,0 +1,192 @@
+"""(Re)write the three gate suites, their validation definitions and checkpoints into ``gx/``.
+
+The JSON files under ``expectations/gx`` are the version-controlled truth the jobs run; this
+script is how they are authored (GX's own API, file-backed context), so a change to a suite is
+a reviewed diff of this file *and* of the JSON it writes::
+
+    GX_ANALYTICS_ENABLED=false python expectations/define_suites.py
+
+Every expectation carries ``meta.severity`` (``hard``: fails the gate, ``soft``: warning in the
+log and report) and, for row-level raw checks, ``meta.quarantine: true`` (rows failing it are
+moved to the quarantine partition; the run continues on the clean rows while the rejected share
+stays under ``gates.json``'s ``max_rejected_share``). Thresholds that change per run (the data
+interval, volume bounds, counts) are suite parameters (``{"$PARAMETER": name}``) filled in by
+``nightly_topn.jobs.validate`` at checkpoint run time.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+import great_expectations as gx  # noqa: E402
+import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent
+EVENT_TYPES = ["view", "click", "play", "rating", "purchase"]
+
+
+def P(name: str) -> dict:
+    return {"$PARAMETER": name}
+
+
+def hard(why: str, **extra) -> dict:
+    return {"severity": "hard", "why": why, **extra}
+
+
+def soft(why: str, **extra) -> dict:
+    return {"severity": "soft", "why": why, **extra}
+
+
+def row_level(why: str) -> dict:
+    return hard(why, quarantine=True)
+
+
+def raw_events() -> list:
+    cols = ["user_id", "item_id", "event_type", "weight", "event_time"]
+    exps = [gxe.ExpectColumnToExist(column=c, meta=hard(f"contract column {c} is required")) for c in cols]
+    types = {"user_id": "str", "item_id": "str", "event_type": "str", "weight": "float32", "event_time": "Timestamp"}
+    exps += [gxe.ExpectColumnValuesToBeOfType(column=c, type_=t, meta=hard(f"{c} must be {t} (contract type)"))
+             for c, t in types.items()]
+    exps += [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=hard("an empty day means the upstream drop failed")),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=P("volume_hard_min"), max_value=P("volume_hard_max"),
+            meta=hard("row count far outside the trailing days' median (volume drop or spike)")),
+        gxe.ExpectTableRowCountToBeBetween(
+            min_value=P("volume_soft_min"), max_value=P("volume_soft_max"),
+            meta=soft("row count unusually far from the trailing days' median")),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", meta=row_level("an event without a user")),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta=row_level("an event without an item")),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="user_id", min_value=1,
+                                                meta=row_level("an empty user id (a blank CSV field)")),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="item_id", min_value=1,
+                                                meta=row_level("an empty item id (a blank CSV field)")),
+        gxe.ExpectColumnValuesToNotBeNull(column="event_type", meta=row_level("an event without a type")),
+        gxe.ExpectColumnValuesToNotBeNull(column="event_time", meta=row_level("an event without a time")),
+        gxe.ExpectColumnValuesToNotBeNull(column="weight", meta=row_level("missing or NaN weight")),
+        gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0.0, max_value=P("max_weight"),
+                                          meta=row_level("weight outside its allowed range")),
+        gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=EVENT_TYPES,
+                                        meta=row_level("unknown event type")),
+        gxe.ExpectColumnValuesToBeBetween(column="event_time", min_value=P("min_time"), max_value=P("max_time"),
+                                          strict_max=True,
+                                          meta=row_level("event time outside the data interval (+ late allowance)")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_type", "event_time"],
+                                            mostly=P("duplicate_mostly"),
+                                            meta=hard("too many duplicated events (replayed upstream load?)")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id", "event_type", "event_time"],
+                                            meta=soft("some duplicated events (preprocess drops them)")),
+    ]
+    return exps
+
+
+def features() -> list:
+    return [
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, meta=hard("no interactions to train on")),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", meta=hard("user_index without an id in user_map")),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta=hard("item_index without an id in item_map")),
+        gxe.ExpectColumnValuesToBeBetween(column="user_index", min_value=0, max_value=P("max_user_index"),
+                                          meta=hard("user_index outside the user map")),
+        gxe.ExpectColumnValuesToBeBetween(column="item_index", min_value=0, max_value=P("max_item_index"),
+                                          meta=hard("item_index outside the item map")),
+        gxe.ExpectColumnValuesToNotBeNull(column="confidence", meta=hard("NaN weight")),
+        gxe.ExpectColumnValuesToBeBetween(column="confidence", min_value=0.0, strict_min=True,
+                                          max_value=P("max_confidence"),
+                                          meta=hard("weight must be positive and finite")),
+        gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "holdout", "late"],
+                                        meta=hard("unknown split")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_index", "item_index"],
+                                            meta=hard("a (user, item) pair in two rows: train and holdout not disjoint")),
+        gxe.ExpectColumnMeanToBeBetween(column="is_holdout", min_value=P("holdout_min"), max_value=P("holdout_max"),
+                                        meta=hard("holdout share outside its bounds")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="user_index", min_value=P("min_users"),
+                                                    meta=hard("too few users to train on")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_index", min_value=P("min_items"),
+                                                    meta=hard("too few items to train on")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="user_index", min_value=P("users_soft_min"),
+                                                    max_value=P("users_soft_max"),
+                                                    meta=soft("user count moved a lot since the previous run")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_index", min_value=P("items_soft_min"),
+                                                    max_value=P("items_soft_max"),
+                                                    meta=soft("item count moved a lot since the previous run")),
+    ]
+
+
+def topn() -> list:
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", meta=hard("a list without a user")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="user_id", min_value=P("n_users"), max_value=P("n_users"),
+                                                    meta=hard("one list per active user")),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_index",
+                                          meta=hard("a list for a user who is not active (not in user_map)")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "rank"],
+                                            meta=hard("a user has more than one row")),
+        gxe.ExpectColumnPairValuesToBeEqual(
+            column_A="n_items", column_B="expected_n",
+            meta=hard("exactly N items per user, fewer only when the catalog minus the user's history has fewer")),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_items", column_B="n_scores",
+                                            meta=hard("one score per item")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"],
+                                            meta=hard("an item twice in one user's list")),
+        gxe.ExpectColumnValuesToBeBetween(column="score_drop", min_value=0.0,
+                                          meta=hard("scores must be non-increasing down the list")),
+        gxe.ExpectColumnValuesToBeNull(column="seen_pair", meta=hard("an item from the user's history")),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_index", row_condition="n_items > 0", condition_parser="pandas",
+                                          meta=hard("an item that is not in the catalog (not in item_map)")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_id", min_value=P("coverage_hard_min"),
+                                                    meta=hard("catalog coverage below its floor")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_id", min_value=P("coverage_soft_min"),
+                                                    meta=soft("catalog coverage low")),
+        gxe.ExpectColumnValuesToNotBeNull(column="model_version", meta=hard("model version missing")),
+        gxe.ExpectColumnValuesToBeInSet(column="model_version", value_set=P("model_versions"),
+                                        meta=hard("model version differs from the trained model")),
+        gxe.ExpectColumnValuesToNotBeNull(column="logical_date", meta=hard("logical date missing")),
+        gxe.ExpectColumnValuesToBeInSet(column="logical_date", value_set=P("dates"),
+                                        meta=hard("logical date differs from the run date")),
+        gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["model", "fallback"], meta=hard("unknown source")),
+    ]
+
+
+GATES = {
+    "raw_events": (raw_events, {"result_format": "COMPLETE", "partial_unexpected_count": 20}),
+    "features": (features, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
+    "topn": (topn, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
+}
+
+
+def main() -> int:
+    context = gx.get_context(mode="file", project_root_dir=str(PROJECT))
+    source = context.data_sources.get("frames")
+    for name, (build, result_format) in GATES.items():
+        for store, getter in ((context.checkpoints, "checkpoints"), (context.validation_definitions, "vd"),
+                              (context.suites, "suites")):
+            try:
+                store.delete(name)
+            except Exception:  # noqa: BLE001 - absent is fine
+                pass
+        try:
+            asset = source.get_asset(name)
+        except LookupError:
+            asset = source.add_dataframe_asset(name)
+        try:
+            batch = asset.get_batch_definition("day")
+        except (KeyError, LookupError, ValueError):
+            batch = asset.add_batch_definition_whole_dataframe("day")
+        suite = gx.ExpectationSuite(name=name, meta={"owner": "nightly_topn", "gate": name})
+        for expectation in build():
+            suite.add_expectation(expectation)
+        suite = context.suites.add(suite)
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch, suite=suite))
+        context.checkpoints.add(gx.Checkpoint(
+            name=name, validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="docs")], result_format=result_format))
+        print(f"{name}: {len(suite.expectations)} expectations")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Rolling evaluation of what was published: the quality users would have seen, day by day.
+
+For every date D with published lists (a complete top-N version whose quality gate passed),
+score those lists against each user's interactions in the following ``horizon_days`` days
+(raw events of D+1 … D+h): hit rate, recall (|rel| and min(|rel|,K)), NDCG at K. Users with
+no interaction in the horizon are not counted. A date whose horizon is not fully landed yet is
+reported as ``complete: false`` (and left out of the aggregate). A backfill over a replayed
+dataset therefore yields the whole history of served quality.
+
+Writes ``reports/dt=D/rolling_eval.json`` per date and ``reports/rolling_eval.json`` (all dates
++ aggregate), which the run report shows.
+
+    python -m nightly_topn.jobs.rolling_eval [--root DIR] [--until YYYY-MM-DD] [--horizon 7] [--k 10]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from nightly_topn.config import RunParams
+from nightly_topn.evaluation import per_user_accuracy
+from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, write_json
+
+log = logging.getLogger(__name__)
+METRICS = ("hit_rate", "recall", "recall_capped", "ndcg")
+
+
+def published_dates(store: Storage, until=None) -> list[dt.date]:
+    """Dates with a complete top-N version and no failed quality gate, oldest first."""
+    base = store.root / "topn"
+    out = []
+    if not base.is_dir():
+        return out
+    for child in sorted(base.glob("dt=*")):
+        day = as_date(child.name[3:])
+        if until is not None and day > as_date(until):
+            continue
+        if not any((v / MANIFEST).is_file() for v in child.glob("v=*")):
+            continue
+        evaluation = store.partition("reports", day) / "evaluation.json"
+        if evaluation.is_file() and not read_json(evaluation).get("gate", {}).get("passed", True):
+            continue
+        out.append(day)
+    return out
+
+
+def _lists(store: Storage, day) -> tuple[list[str], list[list[str]], str]:
+    from nightly_topn.jobs.publish import latest_version
+
+    version = latest_version(store, day)
+    manifest = read_json(version / MANIFEST)
+    files = manifest.get("files") or sorted(p.name for p in version.glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(version / f, columns=["user_id", "item_ids"]) for f in files])
+    return table.column("user_id").to_pylist(), table.column("item_ids").to_pylist(), manifest.get("model_version", "")
+
+
+def _future(store: Storage, day: dt.date, horizon: int) -> tuple[dict[str, set[str]], int]:
+    relevant: dict[str, set[str]] = {}
+    landed = 0
+    for offset in range(1, horizon + 1):
+        path = store.partition("raw", day + dt.timedelta(days=offset)) / "events.parquet"
+        if not path.is_file():
+            continue
+        landed += 1
+        table = pq.read_table(path, columns=["user_id", "item_id"])
+        for user, item in zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist()):
+            if user is not None and item is not None:
+                relevant.setdefault(user, set()).add(item)
+    return relevant, landed
+
+
+def score_lists(users: list[str], lists: list[list[str]], relevant: dict[str, set[str]], k: int) -> dict:
+    """Accuracy of published lists against future interactions (users without any are skipped)."""
+    rows = [(u, items) for u, items in zip(users, lists) if u in relevant]
+    if not rows:
+        return {"users": 0, **{m: None for m in METRICS}}
+    vocab: dict[str, int] = {}
+    recs = np.full((len(rows), k), -1, dtype=np.int64)
+    r_rows, r_cols = [], []
+    for r, (user, items) in enumerate(rows):
+        for j, item in enumerate((items or [])[:k]):
+            recs[r, j] = vocab.setdefault(item, len(vocab))
+        for item in relevant[user]:
+            r_rows.append(r)
+            r_cols.append(vocab.setdefault(item, len(vocab)))
+    rel = sp.csr_matrix((np.ones(len(r_rows)), (r_rows, r_cols)), shape=(len(rows), len(vocab)))
+    per_user = per_user_accuracy(recs, rel, k)
+    return {"users": len(rows), **{m: float(np.nanmean(per_user[m])) for m in METRICS}}
+
+
+def rolling_eval(date=None, *, root=None, params: RunParams = RunParams(), horizon_days: int = 7) -> dict:
+    """Score every published date up to ``date`` (default: all) against its next ``horizon_days``."""
+    store = Storage.at(root)
+    k = params.eval_k
+    per_date = []
+    for day in published_dates(store, date):
+        users, lists, version = _lists(store, day)
+        relevant, landed = _future(store, day, horizon_days)
+        result = {"date": day.isoformat(), "model_version": version, "k": k, "horizon_days": horizon_days,
+                  "days_landed": landed, "complete": landed == horizon_days, "listed_users": len(users),
+                  **score_lists(users, lists, relevant, k)}
+        write_json(store.partition("reports", day) / "rolling_eval.json", result)
+        per_date.append(result)
+        log.info("rolling eval %s (%s): %s", day, version, {m: result[m] for m in ("users", *METRICS)})
+    done = [r for r in per_date if r["complete"] and r["users"]]
+    weights = np.array([r["users"] for r in done], dtype=np.float64)
+    aggregate = {"dates": len(done)}
+    for m in METRICS:
+        values = np.array([r[m] for r in done], dtype=np.float64)
+        aggregate[f"{m}_mean_over_dates"] = float(values.mean()) if len(done) else None
+        aggregate[f"{m}_user_weighted"] = float((values * weights).sum() / weights.sum()) if len(done) else None
+    summary = {"horizon_days": horizon_days, "k": k, "until": as_date(date).isoformat() if date else None,
+               "dates": per_date, "aggregate": aggregate}
+    write_json(store.root / "reports" / "rolling_eval.json", summary)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root")
+    parser.add_argument("--until", help="last published date to score (default: all)")
+    parser.add_argument("--horizon", type=int, default=7)
+    parser.add_argument("--k", type=int, default=RunParams.eval_k)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    summary = rolling_eval(args.until, root=args.root, params=RunParams(eval_k=args.k), horizon_days=args.horizon)
+    for row in summary["dates"]:
+        print(json.dumps({k: row[k] for k in ("date", "users", "complete", *METRICS)}))
+    print(json.dumps({"aggregate": summary["aggregate"]}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

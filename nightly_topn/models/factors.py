@@ -1,0 +1,161 @@
+"""Matrix-factorisation models from ``implicit`` (ALS, BPR) and PureSVD (scikit-learn).
+
+Known users are scored with their learned factors; a user the model was not trained on (or
+who had no training rows) is folded in from the history row: a least-squares solve against
+the fixed item factors (ALS's own user update; a ridge projection for BPR), or the
+projection ``h Vᵀ V`` for PureSVD.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from nightly_topn.models.base import Recommender, align_history, binarize
+
+
+def fold_in_als(item_factors: np.ndarray, history: sp.csr_matrix, regularization: float, alpha: float) -> np.ndarray:
+    """Implicit-ALS user update for each history row: ``(YᵀY + Yₛᵀ(C-1)Yₛ + λI)⁻¹ Yₛᵀ C 1``.
+
+    ``history`` is binary; confidence of a positive is ``alpha`` (as ``implicit`` scales it).
+    """
+    Y = item_factors.astype(np.float64)
+    f = Y.shape[1]
+    gram = Y.T @ Y + regularization * np.eye(f)
+    out = np.zeros((history.shape[0], f), dtype=np.float64)
+    for row in range(history.shape[0]):
+        idx = history.indices[history.indptr[row]:history.indptr[row + 1]]
+        if not len(idx):
+            continue
+        Ys = Y[idx]
+        conf = max(alpha, 1e-6)
+        A = gram + (conf - 1.0) * (Ys.T @ Ys)
+        b = conf * Ys.sum(axis=0)
+        out[row] = np.linalg.solve(A, b)
+    return out.astype(np.float32)
+
+
+class _FactorModel(Recommender):
+    """Shared scoring: learned user factors for known users, fold-in for the others."""
+
+    def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        raise NotImplementedError
+
+    def _fit_implicit(self, model, interactions: sp.csr_matrix) -> "_FactorModel":
+        """Fit an ``implicit`` model on binarised interactions and keep its factors."""
+        X = binarize(interactions)
+        with threadpool_limits(1, "blas"):  # implicit's own threads do the work; BLAS threads would contend
+            model.fit(X, show_progress=False)
+        self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self.known = np.diff(X.indptr) > 0
+        self.n_users, self.n_items = X.shape
+        return self
+
+    def score(self, users, history):
+        users = np.asarray(users)
+        history = binarize(align_history(history, self.n_items))
+        known = self._trained_users(users)
+        vecs = np.zeros((len(users), self.item_factors.shape[1]), dtype=np.float32)
+        if known.any():
+            vecs[known] = self.user_factors[users[known]]
+        if (~known).any():
+            vecs[~known] = self._fold_in(history[np.flatnonzero(~known)])
+        return vecs @ self.item_factors.T
+
+    def _arrays(self):
+        return {"user_factors": self.user_factors, "item_factors": self.item_factors, "known": self.known}
+
+    def _restore(self, arrays):
+        self.user_factors = arrays["user_factors"].astype(np.float32)
+        self.item_factors = arrays["item_factors"].astype(np.float32)
+        self.known = arrays["known"].astype(bool)
+
+
+class ALS(_FactorModel):
+    """``implicit`` alternating least squares on binary interactions scaled by ``alpha``."""
+
+    name = "als"
+
+    def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
+                 iterations: int = 15, seed: int = 42, **extra):
+        super().__init__(factors=factors, regularization=regularization, alpha=alpha,
+                         iterations=iterations, seed=seed, **extra)
+
+    def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "ALS":
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        p = self.params
+        model = AlternatingLeastSquares(
+            factors=int(p["factors"]), regularization=float(p["regularization"]), alpha=float(p["alpha"]),
+            iterations=int(p["iterations"]), random_state=int(p["seed"]), num_threads=1,
+            calculate_training_loss=False,
+        )
+        return self._fit_implicit(model, interactions)
+
+    def _fold_in(self, history):
+        return fold_in_als(self.item_factors, history, float(self.params["regularization"]), float(self.params["alpha"]))
+
+
+class BPR(_FactorModel):
+    """``implicit`` Bayesian personalised ranking (single-threaded, so runs are reproducible)."""
+
+    name = "bpr"
+
+    def __init__(self, factors: int = 64, learning_rate: float = 0.05, regularization: float = 0.01,
+                 iterations: int = 100, seed: int = 42, **extra):
+        super().__init__(factors=factors, learning_rate=learning_rate, regularization=regularization,
+                         iterations=iterations, seed=seed, **extra)
+
+    def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "BPR":
+        from implicit.cpu.bpr import BayesianPersonalizedRanking
+
+        p = self.params
+        model = BayesianPersonalizedRanking(
+            factors=int(p["factors"]), learning_rate=float(p["learning_rate"]),
+            regularization=float(p["regularization"]), iterations=int(p["iterations"]),
+            random_state=int(p["seed"]), num_threads=1,
+        )
+        # implicit appends a bias column: item_factors[:, -1] = item bias, user_factors[:, -1] = 1.
+        return self._fit_implicit(model, interactions)
+
+    def _fold_in(self, history):
+        # Ridge projection of the history on the item factors (without the bias column), bias kept.
+        Y = self.item_factors[:, :-1]
+        vecs = fold_in_als(Y, history, max(float(self.params["regularization"]), 0.01) * 10, 1.0)
+        return np.hstack([vecs, np.ones((len(vecs), 1), dtype=np.float32)])
+
+
+class PureSVD(Recommender):
+    """Truncated SVD of the binary matrix (scikit-learn); scores ``h Vᵀ V`` from the history."""
+
+    name = "puresvd"
+
+    def __init__(self, factors: int = 64, n_iter: int = 7, seed: int = 42, **extra):
+        super().__init__(factors=factors, n_iter=n_iter, seed=seed, **extra)
+
+    def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "PureSVD":
+        from sklearn.decomposition import TruncatedSVD
+
+        X = binarize(interactions).astype(np.float64)
+        k = int(min(self.params["factors"], min(X.shape) - 1))
+        if k < 1:
+            raise ValueError(f"PureSVD needs at least 2 users and 2 items, got {X.shape}")
+        svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=int(self.params["n_iter"]),
+                           random_state=int(self.params["seed"]))
+        svd.fit(X)
+        self.item_factors = np.ascontiguousarray(svd.components_.T, dtype=np.float32)  # items × k
+        self.known = np.diff(X.indptr) > 0
+        self.n_users, self.n_items = X.shape
+        return self
+
+    def score(self, users, history):
+        history = binarize(align_history(history, self.n_items))
+        return np.asarray((history @ self.item_factors) @ self.item_factors.T, dtype=np.float32)
+
+    def _arrays(self):
+        return {"item_factors": self.item_factors, "known": self.known}
+
+    def _restore(self, arrays):
+        self.item_factors = arrays["item_factors"].astype(np.float32)
+        self.known = arrays["known"].astype(bool)

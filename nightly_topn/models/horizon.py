@@ -1,0 +1,176 @@
+"""A recency-aware autoencoder trained for the nightly task itself, in torch (CPU only).
+
+Why this model: the lists published tonight are judged by what users do in the *following
+days*. The classical models learn "which items go together" from a bag of all history; they
+cannot see that tastes drift and that the catalogue's demand moves (new releases, trends).
+This model is trained on exactly the deployment question, replayed at past cut-offs:
+
+    given each user's history before day τ (recent items weigh more: half-life ``half_life_days``)
+    and the catalogue's recent popularity at τ, predict the items the user interacts with in
+    [τ, τ + ``horizon_days``)
+
+for ``cutoffs`` cut-offs spaced ``stride_days`` apart, ending at the last training day. The
+network is a Mult-DAE-style encoder/decoder (L2-normalised, dropout-corrupted weighted history →
+tanh → logits over the catalogue) plus a learned function of each item's recent log counts;
+the loss is the multinomial log-likelihood of the future items. On a temporal split of
+MovieLens 100K this is what beats EASE/PureSVD/ALS (the benchmark shows by how much).
+
+Scoring uses the history as of the end of training (stored recency weights) for trained users;
+any other user is folded in from the history row (weight 1 = "recent"). Without ``times`` the
+model degrades to a denoising autoencoder of the whole history (no cut-offs, no trend).
+Weights are saved as plain arrays (npz); scoring runs in numpy, so loading never unpickles.
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from nightly_topn.models.base import (Recommender, align_history, binarize, sparse_arrays, sparse_from,
+                                      torch_threads)
+from nightly_topn.models.sequence import DAY, trend_table
+
+
+def _days(X: sp.csr_matrix, times: sp.csr_matrix | None) -> np.ndarray | None:
+    """Day index (from the first day) of every stored entry of X (CSR order), or None without times."""
+    if times is None:
+        return None
+    T = sp.csr_matrix(times, dtype=np.float64)
+    T.sort_indices()
+    if T.nnz != X.nnz or not np.array_equal(T.indices, X.indices) or not np.array_equal(T.indptr, X.indptr):
+        vals = np.asarray(T[X.nonzero()]).ravel()
+    else:
+        vals = T.data
+    vals = np.where(np.isfinite(vals) & (vals > 0), vals, np.nan)
+    if np.isnan(vals).all():
+        return None
+    start = np.nanmin(vals)
+    vals = np.where(np.isnan(vals), start, vals)
+    return np.floor((vals - start) / DAY).astype(np.int64)
+
+
+class HorizonRecommender(Recommender):
+    name = "horizon"
+
+    def __init__(self, hidden: int = 256, horizon_days: int = 14, stride_days: int = 7, cutoffs: int = 20,
+                 half_life_days: float = 30.0, dropout: float = 0.5, epochs: int = 30, batch_size: int = 256,
+                 lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42, **extra):
+        super().__init__(hidden=hidden, horizon_days=horizon_days, stride_days=stride_days, cutoffs=cutoffs,
+                         half_life_days=half_life_days, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=weight_decay, seed=seed, **extra)
+
+    def _examples(self, X: sp.csr_matrix, days: np.ndarray | None):
+        """(inputs CSR, targets CSR, cut-off index per example, trend table, recency CSR at the end)."""
+        p = self.params
+        n_users, n_items = X.shape
+        rows = np.repeat(np.arange(n_users), np.diff(X.indptr))
+        cols = X.indices
+        if days is None:  # no order known: reconstruct the whole history (denoising autoencoder)
+            trend = np.zeros((1, n_items, 4), dtype=np.float32)
+            return X, X, np.zeros(n_users, dtype=np.int64), trend, X, 0
+        last = int(days.max())
+        end = last + 1
+        trend = trend_table(cols, days, n_items, end)  # trend[τ] = activity before day τ
+        half = float(p["half_life_days"])
+        inputs, targets, taus = [], [], []
+        stride, horizon = int(p["stride_days"]), int(p["horizon_days"])
+        for k in range(1, int(p["cutoffs"]) + 1):
+            tau = end - k * stride
+            if tau <= 0:
+                break
+            before = days < tau
+            future = (days >= tau) & (days < tau + horizon)
+            users_f = np.unique(rows[future])
+            users_b = np.unique(rows[before])
+            keep = np.intersect1d(users_f, users_b)
+            if not len(keep):
+                continue
+            sel_b = before & np.isin(rows, keep)
+            sel_f = future & np.isin(rows, keep)
+            remap = np.full(n_users, -1)
+            remap[keep] = np.arange(len(keep))
+            w = np.power(0.5, (tau - days[sel_b]) / half).astype(np.float32)
+            inputs.append(sp.csr_matrix((w, (remap[rows[sel_b]], cols[sel_b])), shape=(len(keep), n_items)))
+            targets.append(sp.csr_matrix((np.ones(sel_f.sum(), np.float32), (remap[rows[sel_f]], cols[sel_f])),
+                                         shape=(len(keep), n_items)))
+            taus.append(np.full(len(keep), tau))
+        recency = sp.csr_matrix((np.power(0.5, (end - days) / half).astype(np.float32), (rows, cols)), shape=X.shape)
+        if not inputs:  # too little history for any cut-off: fall back to reconstruction
+            return X, X, np.full(n_users, end), trend, recency, end
+        return sp.vstack(inputs).tocsr(), sp.vstack(targets).tocsr(), np.concatenate(taus), trend, recency, end
+
+    def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "HorizonRecommender":
+        import torch
+
+        torch.set_num_threads(torch_threads())
+        nn = torch.nn
+        p = self.params
+        X = binarize(interactions)
+        X.sort_indices()
+        n_users, n_items = X.shape
+        if X.nnz == 0:
+            raise ValueError("the horizon model cannot train on an empty interaction matrix")
+        inputs, targets, taus, trend, recency, end = self._examples(X, _days(X, times))
+        torch.manual_seed(int(p["seed"]))
+        gen = torch.Generator().manual_seed(int(p["seed"]))
+        hidden = int(p["hidden"])
+        enc, dec = nn.Linear(n_items, hidden), nn.Linear(hidden, n_items)
+        trend_mlp = nn.Sequential(nn.Linear(trend.shape[-1], 16), nn.Tanh(), nn.Linear(16, 1))
+        for layer in (enc, dec):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        params = [q for m in (enc, dec, trend_mlp) for q in m.parameters()]
+        opt = torch.optim.Adam(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        drop = nn.Dropout(float(p["dropout"]))
+        trend_t = torch.from_numpy(trend)
+        taus_t = torch.from_numpy(taus.astype(np.int64))
+        batch = int(p["batch_size"])
+        n_ex = inputs.shape[0]
+        for _ in range(int(p["epochs"])):
+            order = torch.randperm(n_ex, generator=gen).numpy()
+            for lo in range(0, n_ex, batch):
+                sel = order[lo:lo + batch]
+                x = torch.from_numpy(inputs[sel].toarray())
+                y = torch.from_numpy(targets[sel].toarray())
+                h = torch.tanh(enc(drop(nn.functional.normalize(x, dim=1))))
+                uniq, inverse = torch.unique(taus_t[sel], return_inverse=True)
+                logits = dec(drop(h)) + trend_mlp(trend_t[uniq]).squeeze(-1)[inverse]
+                loss = -(torch.log_softmax(logits, dim=1) * y).sum(dim=1).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+        def arr(t, transpose=False):
+            a = t.detach().numpy()
+            return (a.T if transpose else a).copy()
+
+        self.weights = {"enc_w": arr(enc.weight, True), "enc_b": arr(enc.bias), "dec_w": arr(dec.weight, True),
+                        "dec_b": arr(dec.bias), "trend1_w": arr(trend_mlp[0].weight, True),
+                        "trend1_b": arr(trend_mlp[0].bias), "trend2_w": arr(trend_mlp[2].weight, True),
+                        "trend2_b": arr(trend_mlp[2].bias), "trend_now": trend[min(end, len(trend) - 1)].copy()}
+        self.recency = sp.csr_matrix(recency, dtype=np.float32)
+        self.known = np.diff(X.indptr) > 0
+        self.n_users, self.n_items = n_users, n_items
+        return self
+
+    def score(self, users, history):
+        users = np.asarray(users)
+        history = binarize(align_history(history, self.n_items))
+        known = self._trained_users(users)
+        x = history.toarray()
+        if known.any():
+            x[known] = self.recency[users[known]].toarray()
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(norms > 0, norms, 1.0)
+        w = self.weights
+        h = np.tanh(x @ w["enc_w"] + w["enc_b"])
+        item_trend = (np.tanh(w["trend_now"] @ w["trend1_w"] + w["trend1_b"]) @ w["trend2_w"] + w["trend2_b"]).ravel()
+        return (h @ w["dec_w"] + w["dec_b"] + item_trend).astype(np.float32)
+
+    def _arrays(self):
+        return {**{f"w_{k}": v for k, v in self.weights.items()}, **sparse_arrays("recency", self.recency),
+                "known": self.known}
+
+    def _restore(self, arrays):
+        self.weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w_")}
+        self.recency = sparse_from("recency", arrays).astype(np.float32)
+        self.known = arrays["known"].astype(bool)

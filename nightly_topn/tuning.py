@@ -1,0 +1,247 @@
+"""Per-model hyperparameter search on a validation split, bounded by a time budget.
+
+For each candidate model: greedy coordinate descent over its small grid (start from the first
+value of every knob, sweep one knob at a time keeping the best, two rounds), then seeded random
+grid points until the model's share of the budget is spent or ``PATIENCE`` trials in a row did
+not improve. Each trial fits on the *fit* part of the training data and scores NDCG@K on the
+validation rows (carved from the training data with the same protocol as the test split). The
+best configuration per model, and the best model overall, are chosen on validation only; the
+caller refits the choice on all training data.
+
+Reproducibility: the trial order, the seeds and the data decide the result. The budget only
+decides how many trials run, and the number tried is recorded with every result, so a rerun
+with ``max_trials`` set to that number reproduces the choice exactly on any machine.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from nightly_topn.evaluation import evaluate_model
+from nightly_topn.models import MODELS
+
+log = logging.getLogger(__name__)
+
+BASELINE = "popularity"
+#: Candidates the automatic choice considers, in order.
+DEFAULT_CANDIDATES = ("popularity", "itemknn", "puresvd", "ease", "als", "bpr", "horizon")
+#: Share of the tuning budget per model (normalised over the candidates actually used).
+BUDGET_WEIGHTS = {"popularity": 0.0, "itemknn": 1.0, "puresvd": 1.0, "ease": 1.0, "als": 2.0, "bpr": 1.0,
+                  "multvae": 3.0, "sequence": 3.0, "horizon": 3.0}
+#: A model's search stops after this many consecutive trials without a better validation metric.
+PATIENCE = 8
+
+# Grids: dicts of lists (cartesian product). Scales are wide and logarithmic so the same grid
+# works from a few hundred users to hundreds of thousands (tune the method, not the numbers).
+GRIDS: dict[str, dict[str, list]] = {
+    "popularity": {},
+    "ease": {"l2": [500.0, 100.0, 2000.0, 200.0, 1000.0, 30.0, 300.0, 5000.0, 700.0, 10.0, 20000.0, 3.0]},
+    "puresvd": {"factors": [16, 64, 8, 32, 128, 12, 24, 48, 4, 256, 96]},
+    "itemknn": {"weighting": ["bm25", "cosine"], "neighbours": [50, 200, 20, 100, 400, 10, 1000],
+                "k1": [1.2, 0.3, 3.0, 10.0], "b": [0.75, 0.25, 1.0, 0.5]},
+    "als": {"factors": [64, 32, 128, 16, 256], "regularization": [0.1, 1.0, 10.0, 30.0, 100.0],
+            "alpha": [2.0, 0.5, 10.0, 40.0], "iterations": [15, 30]},
+    "bpr": {"factors": [64, 128, 32, 256], "learning_rate": [0.05, 0.01, 0.1], "regularization": [0.01, 0.001, 0.1],
+            "iterations": [100, 300, 30]},
+    "horizon": {"epochs": [60, 30, 120], "half_life_days": [30.0, 7.0, 120.0], "horizon_days": [14, 7, 28],
+                "hidden": [256, 512, 128], "dropout": [0.5, 0.2], "cutoffs": [20, 40, 10], "lr": [1e-3, 3e-3]},
+    "sequence": {"epochs": [8, 4, 16], "max_len": [50, 20, 100], "dim": [64, 128], "dropout": [0.2, 0.5],
+                 "lr": [3e-3, 1e-3]},
+    "multvae": {"hidden": [600, 300], "latent": [200, 100], "dropout": [0.5, 0.3], "beta": [0.2, 0.5, 0.05],
+                "epochs": [100, 200, 50], "weight_decay": [0.0, 1e-5]},
+}
+
+
+def candidate_configs(name: str, seed: int = 42, max_trials: int | None = None) -> list[dict]:
+    """Configurations of ``name`` in trial order: first the first value of every knob, then each
+    knob's values one at a time (a cheap coordinate sweep), then the rest of the grid shuffled."""
+    grid = GRIDS.get(name, {})
+    if not grid:
+        return [{}]
+    keys = list(grid)
+    base = {k: grid[k][0] for k in keys}
+    order = [base]
+    for k in keys:
+        for v in grid[k][1:]:
+            order.append({**base, k: v})
+    rest = [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    rng = np.random.default_rng(seed)
+    rest = [rest[i] for i in rng.permutation(len(rest))]
+    seen, out = set(), []
+    for cfg in order + rest:
+        key = tuple(sorted(cfg.items()))
+        if key not in seen:
+            seen.add(key)
+            out.append(cfg)
+    return out[:max_trials] if max_trials else out
+
+
+@dataclass
+class Trial:
+    model: str
+    params: dict
+    metric: float
+    metrics: dict
+    seconds: float
+    error: str | None = None
+
+
+@dataclass
+class TuningResult:
+    model: str
+    best_params: dict
+    best_metric: float
+    trials: list[Trial] = field(default_factory=list)
+    budget_seconds: float = 0.0
+    seconds: float = 0.0
+    exhausted: bool = False  # True when every configuration was tried within the budget
+
+    def summary(self) -> dict:
+        best_se = max(self.trials, key=lambda t: t.metric).metrics.get("ndcg_se") if self.trials else None
+        return {"model": self.model, "best_params": self.best_params, "best_metric": self.best_metric,
+                "best_metric_se": best_se,
+                "trials": len(self.trials), "budget_seconds": round(self.budget_seconds, 1),
+                "seconds": round(self.seconds, 2), "exhausted": self.exhausted,
+                "trial_log": [{"params": t.params, "metric": round(t.metric, 5), "seconds": round(t.seconds, 2),
+                               **({"error": t.error} if t.error else {})} for t in self.trials]}
+
+
+def _params_with_seed(name: str, params: dict, seed: int) -> dict:
+    import inspect
+
+    accepted = inspect.signature(MODELS[name].__init__).parameters
+    return {**params, "seed": seed} if "seed" in accepted else dict(params)
+
+
+def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
+               k: int = 10, budget_seconds: float = 60.0, seed: int = 42, metric: str = "ndcg",
+               max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2) -> TuningResult:
+    """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` (at least one trial runs).
+
+    Order: greedy coordinate descent from the grid's first values (each knob swept with the
+    others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
+    budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
+    data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
+    """
+    grid = GRIDS.get(name, {})
+    started = time.perf_counter()
+    result = TuningResult(name, {}, -np.inf, budget_seconds=budget_seconds)
+    tried: dict[tuple, float] = {}
+    state = {"since_best": 0, "stop": False}
+
+    def run(cfg: dict) -> float:
+        key = tuple(sorted(cfg.items()))
+        if key in tried:
+            return tried[key]
+        if result.trials and (time.perf_counter() - started >= budget_seconds
+                              or (max_trials and len(result.trials) >= max_trials)):
+            state["stop"] = True
+            return -np.inf
+        params = _params_with_seed(name, cfg, seed)
+        t0 = time.perf_counter()
+        try:
+            model = MODELS[name](**params).fit(fit, times)
+            metrics = evaluate_model(model, fit, validation, k)
+            value, error = float(metrics[metric]), None
+        except (MemoryError, ValueError, np.linalg.LinAlgError) as exc:  # a config the data cannot support
+            metrics, value, error = {}, -np.inf, f"{type(exc).__name__}: {exc}"
+        result.trials.append(Trial(name, params, value, metrics, time.perf_counter() - t0, error))
+        tried[key] = value
+        log.info("tune %s %s -> %s=%.4f (%.1fs)%s", name, cfg, metric, value, result.trials[-1].seconds,
+                 f" [{error}]" if error else "")
+        if value > result.best_metric + 1e-6:
+            result.best_metric, result.best_params = value, params
+            state["since_best"] = 0
+        else:
+            state["since_best"] += 1
+        return value
+
+    best_cfg = {key: values[0] for key, values in grid.items()}
+    run(best_cfg)
+    for _ in range(passes if grid else 0):
+        before = dict(best_cfg)
+        for key, values in grid.items():
+            for value in values:
+                if state["stop"]:
+                    break
+                cfg = {**best_cfg, key: value}
+                if run(cfg) >= tried[tuple(sorted(best_cfg.items()))] + 1e-6:
+                    best_cfg = cfg
+        if best_cfg == before or state["stop"]:
+            break
+    state["since_best"] = 0
+    remaining = candidate_configs(name, seed)
+    for cfg in remaining:
+        if state["stop"] or (patience and state["since_best"] >= patience):
+            break
+        run(cfg)
+    result.seconds = time.perf_counter() - started
+    result.exhausted = not state["stop"]
+    if not np.isfinite(result.best_metric):
+        result.best_params = _params_with_seed(name, best_cfg, seed)
+    return result
+
+
+def split_budget(candidates, total_seconds: float) -> dict[str, float]:
+    weights = {c: BUDGET_WEIGHTS.get(c, 1.0) for c in candidates}
+    total = sum(weights.values()) or 1.0
+    return {c: total_seconds * w / total for c, w in weights.items()}
+
+
+def tune_all(candidates, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
+             k: int = 10, budget_seconds: float = 300.0, seed: int = 42, metric: str = "ndcg",
+             max_trials: int | None = None, patience: int | None = PATIENCE) -> dict[str, TuningResult]:
+    """Tune every candidate; the budget is split by ``BUDGET_WEIGHTS`` and unused time carries over."""
+    unknown = set(candidates) - set(MODELS)
+    if unknown:
+        raise ValueError(f"unknown candidate models {sorted(unknown)}; known: {sorted(MODELS)}")
+    candidates = list(candidates)
+    shares = split_budget(candidates, budget_seconds)
+    results, carry = {}, 0.0
+    for name in candidates:
+        budget = shares[name] + carry
+        results[name] = tune_model(name, fit, validation, times=times, k=k, budget_seconds=budget, seed=seed,
+                                   metric=metric, max_trials=max_trials, patience=patience)
+        carry = max(0.0, budget - results[name].seconds) if results[name].exhausted else 0.0
+    return results
+
+
+def complexity(name: str) -> int:
+    """How many knobs a model has (its grid's dimensions): the parsimony order of ``choose``."""
+    return len(GRIDS.get(name, {}))
+
+
+def choose(results: dict[str, TuningResult], rule: str = "one_se") -> str:
+    """The winning candidate on validation.
+
+    ``rule="best"``: the best validation NDCG. ``rule="one_se"`` (default): the one-standard-error
+    rule of cross-validation (Breiman et al. 1984; Hastie et al., ESL §7.10) — among candidates
+    whose validation NDCG is within one standard error (over validation users) of the best,
+    take the simplest (fewest tunable knobs), then the better score. Popularity (the baseline)
+    wins only when it is strictly the best. A small validation edge of
+    a more flexible model is not evidence it will stay ahead once every candidate is refit on
+    more data; the simpler model is the more robust bet.
+    """
+    scored = {n: r for n, r in results.items() if np.isfinite(r.best_metric)}
+    if not scored:
+        return next(iter(results))
+    best = max(scored.values(), key=lambda r: r.best_metric)
+    if rule == "best":
+        return best.model
+    if rule != "one_se":
+        raise ValueError(f"unknown choice rule {rule!r}; use 'one_se' or 'best'")
+    if best.model == BASELINE:
+        return best.model
+    se = best_trial(best).metrics.get("ndcg_se", 0.0) if best.trials else 0.0
+    # The baseline is what the quality gate compares against, never a parsimony pick.
+    close = [r for r in scored.values() if r.model != BASELINE and r.best_metric >= best.best_metric - se]
+    return min(close, key=lambda r: (complexity(r.model), -r.best_metric)).model
+
+
+def best_trial(result: TuningResult) -> Trial:
+    return max(result.trials, key=lambda t: t.metric)

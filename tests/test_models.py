@@ -1,0 +1,165 @@
+"""Every model behind one interface: fit, batch recommend with history masking, fold-in of new
+users, save/load without pickle, deterministic for a seed; EASE primal = dual, and its memory guard."""
+import datetime as dt
+import json
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from nightly_topn.models import EASE, MODELS, load_model
+from nightly_topn.sources.generated import GeneratedSource
+
+FAST = {  # small configurations so the whole file runs in seconds
+    "popularity": {},
+    "als": {"factors": 8, "iterations": 5, "regularization": 0.5},
+    "bpr": {"factors": 8, "iterations": 20},
+    "itemknn": {"neighbours": 20},
+    "ease": {"l2": 50.0},
+    "puresvd": {"factors": 8},
+    "multvae": {"hidden": 32, "latent": 8, "epochs": 3},
+    "sequence": {"dim": 16, "max_len": 10, "epochs": 2},
+    "horizon": {"hidden": 16, "epochs": 3, "cutoffs": 4, "stride_days": 1, "horizon_days": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    """A few days of the generator: ``users × items`` interactions and the latest event time per pair."""
+    src = GeneratedSource(seed=5, base_users=150, users_per_day=3, base_items=60, items_per_day=1)
+    rows = []
+    for d in range(6):
+        t = src.events_for(dt.date(2024, 1, 1) + dt.timedelta(days=d))
+        rows.append((t.column("user_id").to_numpy(zero_copy_only=False), t.column("item_id").to_numpy(zero_copy_only=False),
+                     t.column("event_time").cast("int64").to_numpy() / 1e6))
+    user_ids, users = np.unique(np.concatenate([r[0] for r in rows]), return_inverse=True)
+    item_ids, items = np.unique(np.concatenate([r[1] for r in rows]), return_inverse=True)
+    times = np.concatenate([r[2] for r in rows])
+    shape = (len(user_ids), len(item_ids))
+    X = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=shape)
+    X.data[:] = 1.0
+    latest = {}
+    for u, i, t in zip(users, items, times):
+        latest[(u, i)] = max(t, latest.get((u, i), t))
+    keys = np.array(list(latest))
+    T = sp.csr_matrix((np.array(list(latest.values())), (keys[:, 0], keys[:, 1])), shape=shape)
+    return X, T
+
+
+def test_registry_covers_the_issue_models():
+    assert {"popularity", "als", "bpr", "itemknn", "ease", "puresvd", "sequence", "horizon"} <= set(MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_recommend_contract_masking_roundtrip_and_determinism(name, data, tmp_path):
+    X, T = data
+    model = MODELS[name](**FAST[name]).fit(X, T)
+    users = np.arange(0, X.shape[0], 3)
+    idx, scores = model.recommend(users, X[users], 10)
+    assert idx.dtype == np.int32 and scores.dtype == np.float32 and idx.shape == (len(users), 10)
+    for row, u in enumerate(users):
+        valid = idx[row][idx[row] >= 0]
+        assert not np.isin(valid, X[u].indices).any(), "seen items must be masked"
+        assert len(set(valid)) == len(valid)
+        assert np.all(np.diff(scores[row][idx[row] >= 0]) <= 1e-6), "best first"
+    # save/load: npz with allow_pickle=False + JSON; same lists after loading
+    model.save(tmp_path / name)
+    meta = json.loads((tmp_path / name / "model.json").read_text())
+    assert meta["name"] == name
+    with np.load(tmp_path / name / "model.npz", allow_pickle=False) as arrays:
+        assert all(arrays[k].dtype != object for k in arrays.files)
+    loaded = load_model(tmp_path / name)
+    idx2, scores2 = loaded.recommend(users, X[users], 10)
+    assert np.array_equal(idx, idx2)
+    np.testing.assert_allclose(scores, scores2, rtol=1e-4, atol=1e-5)
+    # same data + same params = same lists
+    again = MODELS[name](**FAST[name]).fit(X, T)
+    assert np.array_equal(again.recommend(users, X[users], 10)[0], idx)
+    assert model.describe()["name"] == name and model.describe()["params"] == model.params
+
+
+def test_exhausted_catalogue_gives_minus_one(data):
+    X, _ = data
+    model = MODELS["popularity"]().fit(X)
+    everything = sp.csr_matrix(np.ones((1, X.shape[1]), dtype=np.float32))
+    idx, _ = model.recommend(np.array([0]), everything, 5)
+    assert (idx == -1).all()
+
+
+@pytest.mark.parametrize("name", ["als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence", "horizon"])
+def test_new_user_is_folded_in_from_history(name, data):
+    """A user absent from training but with history gets personal scores, close to a trained twin's."""
+    X, T = data
+    counts = np.diff(X.indptr)
+    twin = int(np.argmax(counts))  # the most active user
+    train = X.tolil()
+    train[twin, :] = 0
+    train = train.tocsr()
+    train.eliminate_zeros()
+    model = MODELS[name](**FAST[name]).fit(train, T)
+    history = X[[twin]]
+    assert not model.has_user(np.array([twin]))[0]
+    assert model.has_user(np.array([twin]), history)[0]
+    assert not model.has_user(np.array([twin]), sp.csr_matrix((1, X.shape[1])))[0]
+    folded = model.score(np.array([twin]), history)[0]
+    pop = MODELS["popularity"]().fit(train).score(np.array([twin]), history)[0]
+    assert np.isfinite(folded).all()
+    assert not np.allclose(np.argsort(-folded)[:10], np.argsort(-pop)[:10]), "fold-in must not just be popularity"
+    # personal: a different history gives different scores
+    other = X[[int(np.argsort(counts)[-2])]]
+    assert not np.allclose(model.score(np.array([twin]), other)[0], folded)
+
+
+def test_als_fold_in_matches_trained_user(data):
+    X, _ = data
+    model = MODELS["als"](factors=8, iterations=10, regularization=0.5).fit(X)
+    users = np.flatnonzero(np.diff(X.indptr) >= 10)[:20]
+    trained = model.score(users, X[users])
+    model.known = np.zeros_like(model.known)  # forget them: score by fold-in from history
+    folded = model.score(users, X[users])
+    overlap = np.mean([len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10 for a, b in zip(trained, folded)])
+    assert overlap > 0.7
+
+
+def test_ease_dual_equals_primal_and_refuses_huge_catalogues(data):
+    X, _ = data
+    wide = X[:40]  # fewer users than items -> dual form
+    dual = EASE(l2=20.0).fit(wide)
+    assert dual.dual
+    G = (wide.T @ wide).toarray() + 20.0 * np.eye(wide.shape[1])
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    expected = (X[40:60] @ B)
+    got = dual.score(np.arange(40, 60), X[40:60])
+    seen = X[40:60].toarray() > 0
+    np.testing.assert_allclose(got[~seen], np.asarray(expected)[~seen], rtol=1e-3, atol=1e-4)
+    primal = EASE(l2=20.0).fit(X)
+    assert not primal.dual
+    with pytest.raises(MemoryError, match="max_dense_gb"):
+        EASE(l2=20.0, max_dense_gb=1e-6).fit(X)
+
+
+def test_sequence_model_uses_order(data):
+    """Reversing every user's time order changes the sequence model's lists (it is not a bag model)."""
+    X, T = data
+    model = MODELS["sequence"](**FAST["sequence"]).fit(X, T)
+    flipped = T.copy()
+    flipped.data = flipped.data.max() + 1 - flipped.data
+    other = MODELS["sequence"](**FAST["sequence"]).fit(X, flipped)
+    users = np.arange(0, X.shape[0], 2)
+    assert not np.array_equal(model.recommend(users, X[users], 10)[0], other.recommend(users, X[users], 10)[0])
+
+
+def test_horizon_model_learns_from_cutoffs_and_trend(data):
+    """With times it trains on past cut-offs (future items as targets) and weighs recent history;
+    without times it is a plain denoising autoencoder — the two must differ."""
+    X, T = data
+    timed = MODELS["horizon"](**FAST["horizon"]).fit(X, T)
+    plain = MODELS["horizon"](**FAST["horizon"]).fit(X)
+    assert np.any(timed.weights["trend_now"] > 0) and not np.any(plain.weights["trend_now"])
+    users = np.arange(0, X.shape[0], 2)
+    assert not np.array_equal(timed.recommend(users, X[users], 10)[0], plain.recommend(users, X[users], 10)[0])
+    # recency: trained users are scored from their time-weighted history, not the binary row
+    row = timed.recency[int(np.argmax(np.diff(X.indptr)))]
+    assert row.data.min() < row.data.max() <= 1.0
