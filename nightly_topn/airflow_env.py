@@ -30,6 +30,11 @@ INGEST_POOL = "nightly_topn_ingest"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 
 
+def airflow_cli() -> str:
+    """The ``airflow`` executable of the running interpreter's environment (works without activating it)."""
+    return str(Path(sys.executable).with_name("airflow"))
+
+
 def airflow_env(airflow_home: str | os.PathLike, storage_root: str | os.PathLike, **overrides: str) -> dict[str, str]:
     """A copy of ``os.environ`` pointing Airflow at this project's DAGs and a private home/DB."""
     env = dict(os.environ)
@@ -103,7 +108,7 @@ def server_env(airflow_home, storage_root, *, api_port: int, user: str = "admin"
 
 def component_command(name: str) -> list[str]:
     """The command line of one component (log servers skipped: see ``server_env``)."""
-    airflow = str(Path(sys.executable).with_name("airflow"))
+    airflow = airflow_cli()
     if name in ("scheduler", "triggerer"):
         return [airflow, name, "--skip-serve-logs"]
     return [airflow, name]
@@ -227,7 +232,7 @@ class LocalAirflow:
     # -- lifecycle ---------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run ``airflow ARGS`` against this deployment (same env, same DB)."""
-        airflow = str(Path(sys.executable).with_name("airflow"))
+        airflow = airflow_cli()
         result = subprocess.run([airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nightly_topn.airflow_env import airflow_env
+from nightly_topn.airflow_env import airflow_cli, airflow_env
 
 
 def main(argv=None) -> int:
@@ -24,7 +24,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     env = airflow_env(work / "airflow", work / "data")
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([airflow_cli(), "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
     first = dt.date.fromisoformat(args.first)
     for offset in range(args.days):
         logical = (first + dt.timedelta(days=offset)).isoformat()
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
         log = work / "logs" / f"dags-test-{logical}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("w") as out:
-            code = subprocess.run(["airflow", "dags", "test", "nightly_topn", logical], env=env, stdout=out,
+            code = subprocess.run([airflow_cli(), "dags", "test", "nightly_topn", logical], env=env, stdout=out,
                                   stderr=subprocess.STDOUT).returncode
         print(f"airflow dags test nightly_topn {logical}: {'ok' if code == 0 else 'FAILED'} "
               f"in {time.perf_counter() - started:.0f}s (log: {log})", flush=True)

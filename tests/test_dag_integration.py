@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_SOURCE
 
-from nightly_topn.airflow_env import airflow_env
+from nightly_topn.airflow_env import airflow_cli, airflow_env
 from nightly_topn.features import Features
 from nightly_topn.storage import Storage
 
@@ -18,12 +18,12 @@ TOP_N = 12
 def two_days(tmp_path_factory):
     work = tmp_path_factory.mktemp("airflow")
     env = airflow_env(work / "home", work / "data", NIGHTLY_TOPN_SOURCE=SMALL_SOURCE)
-    subprocess.run(["airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run([airflow_cli(), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     runs = {}
     # Logical dates 03-02 and 03-03: their data intervals are the full days 03-01 and 03-02.
     for logical in ("2024-03-02", "2024-03-03"):
         conf = json.dumps({"top_n": TOP_N, "train_window_days": 21})
-        proc = subprocess.run(["airflow", "dags", "test", "nightly_topn", logical, "-c", conf], env=env,
+        proc = subprocess.run([airflow_cli(), "dags", "test", "nightly_topn", logical, "-c", conf], env=env,
                               capture_output=True, text=True, timeout=600)
         runs[logical] = proc
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
