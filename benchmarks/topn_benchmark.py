@@ -19,9 +19,14 @@ leak between them; RSS = the sum over the process tree, sampled every 20 ms):
   Parquet part files on disk + lookup index + manifest), timed by the job itself, on the
   default DirectRunner and on ``--direct_running_mode=multi_processing --direct_num_workers=2``;
   the two outputs are compared row for row.
-* ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(one model.recommend call
-  per user, yielding a dict) | WriteToParquet`` — on the same runners, on samples of ``S`` and
+* ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(per user: NumPy dot
+  product, mask seen, argpartition + argsort, yield a dict) | WriteToParquet`` — on the same runners, on samples of ``S`` and
   ``2S`` users; extrapolated to all users from the per-user marginal cost plus the fixed cost.
+* ``select``: top-N selection alone on one thread, on real masked score rows of one batch:
+  ``scoring.block_top_n`` (what the kernel uses) vs ``torch.topk`` vs ``np.argpartition`` on
+  whole rows — the measurement behind the choice.
+* ``sweep``: the kernel at several ``--batch-size`` values on the first ``--sweep-users`` users
+  (what ``scoring.DEFAULT_BATCH`` was chosen from).
 * ``lookup``: ``TopNReader`` on the default run's output, warm, 10,000 random users.
 
 The machine may be shared: kernel, implicit and both pipeline runs are repeated ``--repeat``
@@ -63,14 +68,18 @@ def task_bound(args):
     return out
 
 
-def _best_rate(fn, work, reps=7):
+def _best_seconds(fn, reps=7):
     fn()
     best = float("inf")
     for _ in range(reps):
         started = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - started)
-    return work / best
+    return best
+
+
+def _best_rate(fn, work, reps=7):
+    return work / _best_seconds(fn, reps)
 
 
 def _load(root):
@@ -89,7 +98,7 @@ def task_kernel(args):
 
     threads = scoring.configure_threads(args.threads or None)
     history, model = _load(args.root)
-    n_users = history.shape[0]
+    n_users = min(history.shape[0], args.limit or history.shape[0])
     # the pipeline's setting: ``threads`` batches in flight, one torch thread each
     scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads)
     if scorer.fused and threads > 1:
@@ -110,6 +119,31 @@ def task_kernel(args):
     agree = float((ref_items == items[sample]).mean())
     return {"users": n_users, "seconds": seconds, "users_per_s": n_users / seconds, "threads": threads,
             "batch_size": args.batch_size, "agreement_with_model_recommend": agree}
+
+
+def task_select(args):
+    """Selection alone, one thread, on real masked score batches: what ``top_n`` chose and why."""
+    import numpy as np
+    import torch
+
+    from nightly_topn import scoring
+
+    torch.set_num_threads(1)
+    history, model = _load(args.root)
+    users = np.arange(args.batch_size)
+    scores = model.score(users, history[users])
+    scoring.mask_seen(scores, history[users])
+    tensor = torch.from_numpy(scores)
+    cols = scores.shape[1]
+    methods = {
+        "block_top_n (threshold on block maxima)": lambda: scoring.block_top_n(scores, args.top_n),
+        "torch.topk (whole rows)": lambda: torch.topk(tensor, args.top_n, dim=1, sorted=True),
+        "np.argpartition (whole rows) + sort": lambda: scoring.top_n(scores, args.top_n, block=cols + 1),
+    }
+    out = {}
+    for name, fn in methods.items():
+        out[name] = _best_seconds(fn, reps=5) / len(users) * 1e6
+    return {"us_per_user": out, "batch_size": len(users), "items": cols}
 
 
 def task_implicit(args):
@@ -139,10 +173,6 @@ def task_pipeline(args):
     return {**result, "seconds": seconds, "users_per_s": result["rows"] / seconds, "beam_args": beam_args}
 
 
-class NaiveRecommendDoFn:  # built lazily (Beam imported inside the task)
-    pass
-
-
 def task_naive(args):
     import apache_beam as beam
     import pyarrow as pa
@@ -151,16 +181,18 @@ def task_naive(args):
     root, top_n = args.root, args.top_n
 
     class RecommendOne(beam.DoFn):
-        """One element = one user: what a tutorial writes (one recommend call, dict out)."""
+        """One element = one user, as tutorials write it: a NumPy dot product, mask, argpartition,
+        argsort, a dict out. Independent of the project's kernel on purpose."""
 
         def setup(self):
+            import numpy as np
             import pyarrow.parquet as pq
 
-            from nightly_topn.models import load_model
             from nightly_topn.pipelines.topn_pipeline import load_history
 
             self.history = load_history(f"{root}/features/dt={DATE}")
-            self.model = load_model(f"{root}/models/dt={DATE}/final/als")
+            with np.load(f"{root}/models/dt={DATE}/final/als/model.npz", allow_pickle=False) as arrays:
+                self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
             self.user_ids = pq.read_table(f"{root}/features/dt={DATE}/user_map.parquet").column("user_id").to_pylist()
             self.item_ids = pq.read_table(f"{root}/features/dt={DATE}/item_map.parquet").column("item_id").to_pylist()
 
@@ -169,10 +201,12 @@ def task_naive(args):
 
             import numpy as np
 
-            idx, val = self.model.recommend(np.array([user]), self.history[user], top_n)
-            keep = idx[0] >= 0
-            yield {"user_id": self.user_ids[user], "item_ids": [self.item_ids[i] for i in idx[0][keep]],
-                   "scores": [float(s) for s in val[0][keep]], "source": "model", "model_version": "naive",
+            scores = self.item_factors @ self.user_factors[user]
+            scores[self.history[user].indices] = -np.inf
+            top = np.argpartition(-scores, top_n)[:top_n]
+            top = top[np.argsort(-scores[top])]
+            yield {"user_id": self.user_ids[user], "item_ids": [self.item_ids[i] for i in top],
+                   "scores": [float(scores[i]) for i in top], "source": "model", "model_version": "naive",
                    "logical_date": dt.date.fromisoformat(DATE)}
 
     from nightly_topn import schemas
@@ -192,7 +226,7 @@ def task_naive(args):
 
 
 TASKS = {"bound": task_bound, "kernel": task_kernel, "implicit": task_implicit, "pipeline": task_pipeline,
-         "naive": task_naive}
+         "naive": task_naive, "select": task_select}
 
 
 # -- the orchestrator ----------------------------------------------------------------------
@@ -280,9 +314,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default="var/bench/ml20m")
     parser.add_argument("--top-n", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=0, help="users per GEMM (0: scoring.DEFAULT_BATCH)")
+    parser.add_argument("--sweep", default="64,128,256,512,1024",
+                        help="batch sizes for the kernel sweep ('' to skip), each on --sweep-users users")
+    parser.add_argument("--sweep-users", type=int, default=32_768)
     parser.add_argument("--range-size", type=int, default=8192)
-    parser.add_argument("--naive-sample", type=int, default=2000)
+    parser.add_argument("--naive-sample", type=int, default=10_000,
+                        help="users in the smaller naive run (the larger has twice as many)")
     parser.add_argument("--repeat", type=int, default=2, help="interleaved runs per throughput (best kept)")
     parser.add_argument("--lookups", type=int, default=10_000)
     parser.add_argument("--users", type=int, default=138_493)
@@ -294,10 +332,15 @@ def main(argv=None):
     # internal: run one task in this process
     parser.add_argument("--task", choices=sorted(TASKS))
     parser.add_argument("--sample", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="kernel: score only the first LIMIT users")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--beam", action="append", default=[])
     args = parser.parse_args(argv)
     args.root = str(Path(args.root).resolve())
+    if not args.batch_size:
+        from nightly_topn.scoring import DEFAULT_BATCH
+
+        args.batch_size = DEFAULT_BATCH
 
     if args.task:
         import logging
@@ -342,6 +385,9 @@ def main(argv=None):
         r["naive"] = naive_rate(args, [], n_users)
         if "mp" not in skip:
             r["naive_mp"] = naive_rate(args, MP_FLAGS, n_users)
+    r["select"] = run_task("select", args)
+    r["sweep"] = {int(b): run_task("kernel", args, ["--batch-size", b, "--limit", str(args.sweep_users)])["users_per_s"]
+                  for b in filter(None, args.sweep.split(","))}
     r["lookup"] = lookup_latency(r["pipeline"]["path"], args.lookups)
     r["load_avg_end"] = os.getloadavg()
     r["wall_seconds"] = time.perf_counter() - t0
@@ -383,6 +429,11 @@ def report(r, args):
         ratio = f"{ups / imp:.2f}" if imp else "-"
         rss_s = f"{rss:.0f} MiB" if rss else "-"
         print(f"{name:62s} {ups:9.0f} {ratio:>10s} {100 * ups / bound_ups:7.1f}% {rss_s:>9s}")
+    print(f"\ntop-{args.top_n} selection alone, 1 thread, {r['select']['batch_size']} masked real score rows x "
+          f"{r['select']['items']} items (us/user): " + ", ".join(f"{k} {v:.1f}" for k, v in r["select"]["us_per_user"].items()))
+    if r["sweep"]:
+        print(f"kernel batch-size sweep ({args.sweep_users} users, users/s): "
+              + ", ".join(f"{b}: {v:.0f}" for b, v in r["sweep"].items()) + f"  (default {args.batch_size})")
     lk = r["lookup"]
     print(f"{'lookup, warm TopNReader, %d random users' % lk['n']:62s} p50 {lk['p50_ms']:.2f} ms  p99 {lk['p99_ms']:.2f} ms"
           f"  max {lk['max_ms']:.1f} ms  wrong/missing {lk['wrong_or_missing']}")

@@ -41,27 +41,51 @@ def test_mask_seen_sets_exactly_the_history_to_minus_inf():
     assert np.isneginf(scores).astype(int).tolist() == [[1, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]]
 
 
+def sorted_top_n(scores, n):
+    """The reference: a stable sort of every whole row (ties: lower index first; -inf -> -1)."""
+    idx = np.argsort(-scores, axis=1, kind="stable")[:, :n].astype(np.int32)
+    vals = np.take_along_axis(scores, idx, axis=1).astype(np.float32)
+    idx[~np.isfinite(vals)] = -1
+    return idx, vals
+
+
 @pytest.mark.parametrize("cols,n,block", [(1000, 10, 32), (1003, 10, 32), (999, 50, 16), (200, 100, 32), (64, 100, 8),
-                                          (5000, 1, 64)])
-def test_block_top_n_is_exact(cols, n, block):
-    gen = torch.Generator().manual_seed(cols + n)
-    scores = torch.randn(37, cols, generator=gen)
-    scores[3, :] = float("-inf")  # a user who has seen everything
-    scores[4, : cols // 2] = float("-inf")
-    values, index = scoring.block_top_n(scores, n, block)
-    ref_values, _ = torch.topk(scores, min(n, cols), dim=1)
-    assert torch.equal(values, ref_values)
-    assert torch.equal(torch.gather(scores, 1, index), values)  # indices point at those values
-    for row in range(index.shape[0]):  # no item twice
-        assert len(set(index[row].tolist())) == index.shape[1]
+                                          (5000, 1, 64), (4099, 100, 32)])
+def test_block_top_n_equals_partitioning_every_row(cols, n, block):
+    rng = np.random.default_rng(cols + n)
+    scores = rng.standard_normal((37, cols), dtype=np.float32)
+    scores[3, :] = -np.inf  # a user who has seen everything
+    scores[4, : cols // 2] = -np.inf
+    scores[5, 7:] = -np.inf  # fewer than n unseen items left
+    scores[6] = np.round(scores[6])  # many ties: lower item index first
+    ref_idx, ref_vals = sorted_top_n(scores, n)
+    for width_of_block in (block, cols + 1):  # the pruned path where wide enough, and plain partitioning
+        idx, vals = scoring.top_n(scores, n, width_of_block)
+        assert idx.dtype == np.int32 and vals.dtype == np.float32
+        assert np.array_equal(idx, ref_idx) and np.array_equal(vals, ref_vals)
+    assert (idx[3] == -1).all() and np.isneginf(vals[3]).all()
+    assert (idx[5, :7] >= 0).all() and (idx[5, 7:] == -1).all()
+    if cols // block > n:  # wide enough for the pruned path: call it directly as well
+        direct_idx, direct_vals = scoring.block_top_n(scores, n, block)
+        assert np.array_equal(direct_idx, ref_idx) and np.array_equal(direct_vals, ref_vals)
 
 
 def test_block_top_n_finds_items_clustered_in_one_block():
-    scores = torch.zeros(2, 640)
-    scores[0, 96:128] = torch.arange(32, dtype=torch.float32) + 1  # all winners in one block
-    values, index = scoring.block_top_n(scores, 20, 32)
-    assert sorted(index[0].tolist()) == list(range(108, 128))
-    assert values[0, 0] == 32
+    scores = np.zeros((2, 640), dtype=np.float32)
+    scores[0, 96:128] = np.arange(32, dtype=np.float32) + 1  # all winners in one block
+    idx, vals = scoring.block_top_n(scores, 15, 32)
+    assert idx[0].tolist() == list(range(127, 112, -1))
+    assert vals[0, 0] == 32
+    assert idx[1].tolist() == list(range(15))  # all equal: lowest indices, in order
+
+
+def test_block_top_n_takes_strided_views_and_float64():
+    rng = np.random.default_rng(5)
+    wide = rng.standard_normal((20, 3000))
+    view = wide[::2, 100:2900]  # not contiguous, float64
+    idx, vals = scoring.block_top_n(view, 30, 32)
+    ref_idx, ref_vals = sorted_top_n(view, 30)
+    assert np.array_equal(idx, ref_idx) and np.array_equal(vals, ref_vals)
 
 
 def test_fused_scorer_matches_model_recommend():
