@@ -79,11 +79,12 @@ def build(root: str | Path, *, users=ML20M["users"], items=ML20M["items"], inter
     import scipy.sparse as sp
 
     from nightly_topn import schemas
+    from nightly_topn.jobs.preprocess import INTERACTIONS_ROW_GROUP
     from nightly_topn.models import ALS, Popularity
     from nightly_topn.storage import Storage
 
     spec = {"users": users, "items": items, "interactions": interactions, "factors": factors,
-            "fit_als": fit_als, "seed": seed, "date": date, "generator": 2}
+            "fit_als": fit_als, "seed": seed, "date": date, "generator": 3}
     store = Storage.at(root)
     marker = store.root / "bench_spec.json"
     if not force and marker.is_file() and json.loads(marker.read_text()).get("spec") == spec:
@@ -101,7 +102,8 @@ def build(root: str | Path, *, users=ML20M["users"], items=ML20M["items"], inter
         "user_index": u, "item_index": i, "confidence": conf, "n_events": np.ones(len(u), np.int32),
         "first_time": times, "last_time": times,
         "split": pa.DictionaryArray.from_arrays(np.zeros(len(u), np.int32), ["train"]).cast(pa.string()),
-    }, schema=schemas.INTERACTIONS), features / "interactions.parquet", compression="zstd")
+    }, schema=schemas.INTERACTIONS), features / "interactions.parquet", compression="zstd",
+        row_group_size=INTERACTIONS_ROW_GROUP)
     pq.write_table(pa.table({"user_index": np.arange(users, dtype=np.int32),
                              "user_id": [f"u{k:07d}" for k in range(users)]}, schema=schemas.USER_MAP),
                    features / "user_map.parquet")

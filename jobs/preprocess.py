@@ -99,6 +99,11 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
     }
 
 
+#: Rows per row group of ``interactions.parquet`` (~1.5 MB zstd): a top-N range of 8192 users
+#: (~1.2M interactions at the ML-20M shape) reads ~10 of them, ~10% more than it needs.
+INTERACTIONS_ROW_GROUP = 128 * 1024
+
+
 def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
     date = as_date(date)
     store = Storage.at(root)
@@ -109,7 +114,10 @@ def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
               for name, schema in schemas_by_name.items()}
     with store.staged(store.partition("features", date)) as stage:
         for name, table in tables.items():
-            write_table(table, stage / f"{name}.parquet")
+            # interactions: sorted by user in row groups of INTERACTIONS_ROW_GROUP rows, so the
+            # top-N workers read only the row groups of their user ranges (pipelines' History).
+            write_table(table, stage / f"{name}.parquet",
+                        **({"row_group_size": INTERACTIONS_ROW_GROUP} if name == "interactions" else {}))
         store.write_manifest(stage, producer="preprocess", date=date, inputs=inputs, tables=tables,
                              extra={"stats": prepared["stats"], "params": params.__dict__})
     log.info("preprocess %s: %s", date, prepared["stats"])

@@ -11,8 +11,9 @@ Per element, the work is vectorised end to end: ``TopNScorer`` scores the range 
 block-max thresholding), and the writer turns the resulting ``users × N`` arrays into one
 Arrow record batch (list columns built from offsets, item ids mapped with one ``take``)
 handed to ``pq.ParquetWriter``:
-no Python per user or per item. Memory per worker = history CSR + model + one ``batch × items``
-float32 buffer, independent of the number of users in a range.
+no Python per user or per item. Memory per worker = one range's history rows + model + one
+``batch × items`` float32 buffer per scoring thread, independent of the total number of users
+and interactions (beyond the model's factors).
 
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
@@ -45,57 +46,98 @@ PARQUET_OPTIONS = dict(
 )
 
 
-def load_history(features_dir: str):
-    """The ``users × items`` confidence CSR of a features partition, read column-wise.
+class History:
+    """The ``users × items`` confidence rows of a features partition, read range by range.
 
-    Reads only ``user_index``/``item_index``/``confidence`` (no per-row Python objects) and, as
-    preprocess writes interactions sorted by user, builds ``indptr`` with a bincount instead of a
-    COO→CSR sort. 20M interactions ≈ 240 MB.
+    preprocess writes ``interactions.parquet`` sorted by user in row groups of ~128K rows, so
+    each row group's ``user_index`` min/max statistics name the users it holds. ``history[a:b]``
+    reads only the row groups overlapping users ``a..b-1`` (three columns, no per-row Python)
+    and returns those rows as CSR, so a worker holds one range of history at a time, whatever
+    the total number of interactions. A file that is not sorted that way (no statistics,
+    overlapping ranges, unsorted rows) is read whole once and sliced.
     """
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import scipy.sparse as sp
-    from apache_beam.io.filesystems import FileSystems
 
-    def metadata(name):
-        with FileSystems.open(FileSystems.join(features_dir, name)) as handle:
-            return pq.read_metadata(handle)
+    COLUMNS = ["user_index", "item_index", "confidence"]
 
-    n_users = metadata("user_map.parquet").num_rows
-    n_items = metadata("item_map.parquet").num_rows
-    nnz = metadata("interactions.parquet").num_rows
-    # Row group by row group into preallocated arrays: peak = the arrays + one row group.
-    users = np.empty(nnz, dtype=np.int32)
-    items = np.empty(nnz, dtype=np.int32)
-    conf = np.empty(nnz, dtype=np.float32)
-    at, ordered, last = 0, True, -1
-    with FileSystems.open(FileSystems.join(features_dir, "interactions.parquet")) as handle:
-        reader = pq.ParquetFile(handle)
-        for rg in range(reader.num_row_groups):
-            group = reader.read_row_group(rg, columns=["user_index", "item_index", "confidence"])
-            k = group.num_rows
-            for out, name in ((users, "user_index"), (items, "item_index"), (conf, "confidence")):
-                for chunk in group.column(name).chunks:
-                    out[at : at + len(chunk)] = chunk.to_numpy()
-                    at += len(chunk)
-                at -= k
-            block = users[at : at + k]
-            ordered = ordered and (k == 0 or (block[0] >= last and bool(np.all(block[1:] >= block[:-1]))))
-            last = block[-1] if k else last
-            at += k
-            del group
-            pa.default_memory_pool().release_unused()
-    pa.default_memory_pool().release_unused()
-    if ordered:
-        indptr = np.zeros(n_users + 1, dtype=np.int32 if nnz < 2**31 else np.int64)
-        np.cumsum(np.bincount(users, minlength=n_users), out=indptr[1:])
-        del users
-        matrix = sp.csr_matrix((conf, items.astype(indptr.dtype, copy=False), indptr), shape=(n_users, n_items))
-    else:
-        matrix = sp.csr_matrix((conf, (users, items)), shape=(n_users, n_items))
-    matrix.sort_indices()
-    return matrix
+    def __init__(self, features_dir: str):
+        import numpy as np
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        def rows(name):
+            with FileSystems.open(FileSystems.join(features_dir, name)) as handle:
+                return pq.read_metadata(handle).num_rows
+
+        self.path = FileSystems.join(features_dir, "interactions.parquet")
+        self.shape = (rows("user_map.parquet"), rows("item_map.parquet"))
+        self._handle = FileSystems.open(self.path)
+        self._file = pq.ParquetFile(self._handle)
+        self._whole = None
+        meta = self._file.metadata
+        column = meta.schema.to_arrow_schema().get_field_index("user_index")
+        stats = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
+        if all(st is not None and st.has_min_max for st in stats):
+            self._lo = np.array([st.min for st in stats], dtype=np.int64)
+            self._hi = np.array([st.max for st in stats], dtype=np.int64)
+            if np.any(self._lo > self._hi) or np.any(self._hi[:-1] > self._lo[1:]):
+                self._load_whole()
+        else:
+            self._load_whole()
+
+    def __getitem__(self, key: slice):
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("History supports contiguous user ranges only")
+        if self._whole is not None:
+            return self._whole[start:stop]
+        import numpy as np
+
+        groups = np.flatnonzero((self._hi >= start) & (self._lo < stop)).tolist()
+        users, items, conf = self._read(groups)
+        if len(users) and np.any(users[1:] < users[:-1]):  # statistics looked sorted, the rows are not
+            self._load_whole()
+            return self._whole[start:stop]
+        lo, hi = np.searchsorted(users, [start, stop])
+        return self._csr(users[lo:hi] - start, items[lo:hi], conf[lo:hi], stop - start)
+
+    def _read(self, groups: list[int]):
+        import numpy as np
+
+        if not groups:
+            return (np.empty(0, np.int32),) * 2 + (np.empty(0, np.float32),)
+        table = self._file.read_row_groups(groups, columns=self.COLUMNS, use_threads=False)
+        return tuple(table.column(name).to_numpy() for name in self.COLUMNS)
+
+    def _csr(self, rows, items, conf, n_rows: int, ordered: bool = True):
+        import numpy as np
+        import scipy.sparse as sp
+
+        shape = (n_rows, self.shape[1])
+        if not ordered:
+            matrix = sp.csr_matrix((conf, (rows, items)), shape=shape)
+        else:
+            index = np.int32 if len(rows) < 2**31 else np.int64
+            indptr = np.zeros(n_rows + 1, dtype=index)
+            np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+            matrix = sp.csr_matrix((conf, items.astype(index, copy=False), indptr), shape=shape)
+        matrix.sort_indices()
+        return matrix
+
+    def _load_whole(self) -> None:
+        users, items, conf = self._read(list(range(self._file.metadata.num_row_groups)))
+        self._whole = self._csr(users, items, conf, self.shape[0], ordered=False)
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+def load_history(features_dir: str):
+    """The whole ``users × items`` confidence CSR of a features partition (20M interactions ≈ 240 MB)."""
+    history = History(features_dir)
+    try:
+        return history[:]
+    finally:
+        history.close()
 
 
 def local_copy(model_dir: str) -> str:
@@ -126,19 +168,14 @@ class ScoreUserRange(beam.DoFn):
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
 
     def setup(self):
-        # Heavy state once per worker, not per element. The history is read on a second thread
-        # (pyarrow decodes without the GIL) while torch and the models load on this one.
-        from concurrent.futures import ThreadPoolExecutor
+        # Heavy state once per worker, not per element; history is read per range (``History``).
+        from nightly_topn import scoring
+        from nightly_topn.models import load_model
 
-        with ThreadPoolExecutor(1, thread_name_prefix="topn-history") as pool:
-            history = pool.submit(load_history, self.features_dir)
-            from nightly_topn import scoring
-            from nightly_topn.models import load_model
-
-            self.threads = scoring.configure_threads(self.threads or None)
-            self.model = load_model(local_copy(self.model_dir))
-            self.fallback = load_model(local_copy(self.fallback_dir))
-            self.history = history.result()
+        self.threads = scoring.configure_threads(self.threads or None)
+        self.history = History(self.features_dir)
+        self.model = load_model(local_copy(self.model_dir))
+        self.fallback = load_model(local_copy(self.fallback_dir))
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
         self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads)
@@ -168,6 +205,11 @@ class ScoreUserRange(beam.DoFn):
             idx, val = scorer.recommend(users[rows], rows_history)
             items[rows, : idx.shape[1]], scores[rows, : idx.shape[1]] = idx, val
         yield start, end, items, scores, known
+
+    def teardown(self):
+        close = getattr(getattr(self, "history", None), "close", None)
+        if close is not None:
+            close()
 
 
 class WriteRangeParquet(beam.DoFn):

@@ -52,6 +52,48 @@ def test_load_history_equals_features_matrix(root):
     assert (history != expected).nnz == 0
 
 
+def copy_features(features_dir, target, interactions):
+    """A features partition with the same id maps and the given interactions table."""
+    import shutil
+
+    target.mkdir()
+    for name in ("user_map.parquet", "item_map.parquet"):
+        shutil.copy(features_dir / name, target / name)
+    return interactions
+
+
+def test_history_ranges_read_only_their_row_groups(root, tmp_path):
+    features_dir = Storage.at(root).partition("features", DATE)
+    expected = Features.load(features_dir).matrix()
+    table = pq.read_table(features_dir / "interactions.parquet")
+    small = tmp_path / "small_groups"
+    pq.write_table(copy_features(features_dir, small, table), small / "interactions.parquet", row_group_size=97)
+    history = topn_pipeline.History(str(small))
+    assert history._whole is None and history._file.metadata.num_row_groups > 10  # read range by range
+    n_users = expected.shape[0]
+    for lo, hi in [(0, 1), (0, 57), (13, 200), (n_users - 5, n_users), (0, n_users), (5, 5)]:
+        rows = history[lo:hi]
+        assert rows.shape == (hi - lo, expected.shape[1]) and rows.has_sorted_indices
+        assert (rows != expected[lo:hi]).nnz == 0
+    with pytest.raises(IndexError):
+        history[0:10:2]
+
+
+def test_history_of_an_unsorted_file_is_read_whole(root, tmp_path):
+    features_dir = Storage.at(root).partition("features", DATE)
+    expected = Features.load(features_dir).matrix()
+    table = pq.read_table(features_dir / "interactions.parquet")
+    shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
+    for name, rows_per_group in (("one_group", None), ("many_groups", 101)):
+        target = tmp_path / name
+        pq.write_table(copy_features(features_dir, target, shuffled), target / "interactions.parquet",
+                       row_group_size=rows_per_group)
+        history = topn_pipeline.History(str(target))
+        assert (history[10:90] != expected[10:90]).nnz == 0
+        assert history._whole is not None
+        assert (topn_pipeline.load_history(str(target)) != expected).nnz == 0
+
+
 def test_job_writes_sorted_part_files_index_and_manifest(root, single):
     from pathlib import Path
 
@@ -124,7 +166,7 @@ def test_fold_in_users_fallback_users_and_short_lists(root, tmp_path):
     score.model.known = score.model.known.copy()
     score.model.known[10:20] = False  # not trained on, but with history: the model folds them in
     score.model.known[30:35] = False
-    lil = score.history.tolil()
+    lil = score.history[:].tolil()
     for row in range(30, 35):  # no history at all: only the fallback can score them
         lil.rows[row], lil.data[row] = [], []
     score.history = sp.csr_matrix(lil)
