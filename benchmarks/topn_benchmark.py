@@ -27,7 +27,8 @@ leak between them; RSS = the sum over the process tree, sampled every 20 ms):
   whole rows — the measurement behind the choice.
 * ``sweep``: the kernel at several ``--batch-size`` values on the first ``--sweep-users`` users
   (what ``scoring.DEFAULT_BATCH`` was chosen from).
-* ``lookup``: ``TopNReader`` on the default run's output, warm, 10,000 random users.
+* ``lookup``: ``TopNReader`` on the default run's output, warm, 10,000 random users; then the
+  bulk export of that output to JSON lines.
 
 The machine may be shared: kernel, implicit and both pipeline runs are repeated ``--repeat``
 times (default 2), interleaved, and the best run of each is reported (all runs are printed).
@@ -298,6 +299,18 @@ def lookup_latency(path: str, n: int, seed: int = 0) -> dict:
             "max_ms": float(t.max()), "wrong_or_missing": misses}
 
 
+def export_rate(path: str, out: Path) -> dict:
+    """Bulk export (JSON lines for a key-value store) of the whole version: users/s and size."""
+    from nightly_topn.lookup import TopNReader
+
+    started = time.perf_counter()
+    users = TopNReader(path).export(out)
+    seconds = time.perf_counter() - started
+    size = out.stat().st_size
+    out.unlink()
+    return {"users": users, "seconds": seconds, "users_per_s": users / seconds, "mib": size / 2**20}
+
+
 def identical_outputs(path_a: str, path_b: str) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -389,6 +402,7 @@ def main(argv=None):
     r["sweep"] = {int(b): run_task("kernel", args, ["--batch-size", b, "--limit", str(args.sweep_users)])["users_per_s"]
                   for b in filter(None, args.sweep.split(","))}
     r["lookup"] = lookup_latency(r["pipeline"]["path"], args.lookups)
+    r["export"] = export_rate(r["pipeline"]["path"], Path(args.root) / "export.jsonl")
     r["load_avg_end"] = os.getloadavg()
     r["wall_seconds"] = time.perf_counter() - t0
     report(r, args)
@@ -437,6 +451,9 @@ def report(r, args):
     lk = r["lookup"]
     print(f"{'lookup, warm TopNReader, %d random users' % lk['n']:62s} p50 {lk['p50_ms']:.2f} ms  p99 {lk['p99_ms']:.2f} ms"
           f"  max {lk['max_ms']:.1f} ms  wrong/missing {lk['wrong_or_missing']}")
+    ex = r["export"]
+    print(f"{'bulk export to JSON lines (nightly-topn export), %d users' % ex['users']:62s} {ex['users_per_s']:9.0f} users/s"
+          f"  {ex['mib']:.0f} MiB")
     print("all runs (users/s; GFLOP/s for the bound): " + ", ".join(
         f"{k} {r[k]['all_runs']}" for k in ("bound", "kernel", "implicit", "pipeline", "pipeline_mp") if k in r))
     if "identical_single_vs_multi" in r:

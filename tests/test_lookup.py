@@ -101,3 +101,41 @@ def test_cli_lookup_and_export(published, tmp_path, capsys):
     out = tmp_path / "all.jsonl"
     assert main(["export", str(out), "--root", str(root)]) == 0
     assert len(out.read_text().splitlines()) == table.num_rows
+
+
+def test_export_lines_escape_odd_ids_and_match_the_json_path(published):
+    import datetime as dt
+
+    import numpy as np
+
+    from nightly_topn import schemas
+    from nightly_topn.lookup import _json_lines, export_lines
+
+    _, _, table = published
+    batch = table.slice(0, 50).to_batches()[0]
+    fast = export_lines(batch, "jsonl")
+
+    def parsed(text, tsv=False):
+        rows = [line.split("\t", 1) if tsv else line for line in text.splitlines()]
+        rows = [{"key": r[0], "value": json.loads(r[1])} if tsv else json.loads(r) for r in rows]
+        for row in rows:
+            row["value"]["scores"] = np.float32(row["value"]["scores"]).tolist()
+        return rows
+
+    assert parsed(fast) == parsed(_json_lines(batch.to_pylist(), "jsonl"))  # the Arrow path writes what json would
+    assert parsed(export_lines(batch, "tsv"), True) == parsed(_json_lines(batch.to_pylist(), "tsv"), True) == parsed(fast)
+    odd = pa.RecordBatch.from_pylist([
+        {"user_id": 'u"1\\', "item_ids": ['i\t2', "i3"], "scores": [0.5, 0.25], "source": "model",
+         "model_version": "v", "logical_date": dt.date(2024, 3, 4)},
+        {"user_id": "u2", "item_ids": [], "scores": [], "source": "fallback", "model_version": "v",
+         "logical_date": dt.date(2024, 3, 4)},
+    ], schema=schemas.TOPN)
+    lines = [json.loads(line) for line in export_lines(odd).splitlines()]
+    assert lines[0]["key"] == 'u"1\\' and lines[0]["value"]["item_ids"] == ["i\t2", "i3"]
+    assert lines[1] == {"key": "u2", "value": {"item_ids": [], "scores": [], "source": "fallback",
+                                               "model_version": "v", "logical_date": "2024-03-04"}}
+    plain = [json.loads(line) for line in export_lines(odd.slice(1, 1)).splitlines()]  # the Arrow path
+    assert plain == lines[1:]
+    for line, row in zip(fast.splitlines(), table.slice(0, 50).to_pylist()):
+        value = json.loads(line)["value"]
+        assert np.array_equal(np.float32(value["scores"]), np.float32(row["scores"]))  # float32 round trip
