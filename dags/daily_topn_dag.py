@@ -50,7 +50,7 @@ INGEST_POOL = "nightly_topn_ingest"
 #: The form's sections, in order (knobs not listed land in "Model").
 SECTIONS = {
     "date": "What to run", "publish": "What to run", "allow_older": "What to run",
-    "top_n": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
+    "top_n": "Output", "beam_args": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
     "holdout_quantile": "Quality gate", "champion_tolerance": "Quality gate", "eval_protocol": "Quality gate",
     "train_window_days": "Training data", "min_user_interactions": "Training data",
     "min_item_interactions": "Training data",
@@ -67,7 +67,10 @@ def _params() -> dict[str, Param]:
     for field in dataclasses.fields(RunParams):
         spec = dict(PARAM_SPECS[field.name])
         type_name = field.type if isinstance(field.type, str) else field.type.__name__
-        params[field.name] = Param(field.default, type=_JSON_TYPES[type_name], title=field.name.replace("_", " "),
+        default, json_type = field.default, _JSON_TYPES[type_name]
+        if default == "":  # an optional text knob: the form marks an empty required string as missing
+            default, json_type = None, ["null", json_type]
+        params[field.name] = Param(default, type=json_type, title=field.name.replace("_", " "),
                                    section=SECTIONS.get(field.name, "Model"), **spec)
     return params
 

@@ -15,6 +15,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from nightly_topn import config
 from nightly_topn.config import RunParams
 from nightly_topn.storage import Storage, as_date
 
@@ -48,6 +49,8 @@ def lookup_index(directory, files: list[str]) -> pa.Table:
 
 
 def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[str] | None = None) -> dict:
+    """Run the pipeline for ``date``; Beam flags = ``$NIGHTLY_TOPN_BEAM_ARGS`` + ``params.beam_args``
+    + ``beam_args`` (later ones win), on the in-process DirectRunner when none names a runner."""
     from nightly_topn.pipelines import topn_pipeline
 
     date = as_date(date)
@@ -57,7 +60,7 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
     info = json.loads((models_dir / "model_info.json").read_text())
     attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = store.partition("topn", date) / f"v={attempt}"
-    beam_args = list(beam_args or [])
+    beam_args = config.beam_args(params.beam_args, beam_args)
     if not any(a.startswith("--runner") for a in beam_args):
         beam_args.insert(0, "--runner=DirectRunner")  # Prism's binary download is not needed locally
     started = time.perf_counter()

@@ -6,11 +6,13 @@ here names *where* things live and *which* data source feeds the system.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT_ENV = "NIGHTLY_TOPN_ROOT"
 SOURCE_ENV = "NIGHTLY_TOPN_SOURCE"
+BEAM_ARGS_ENV = "NIGHTLY_TOPN_BEAM_ARGS"
 DEFAULT_ROOT = "var/data"
 DEFAULT_SOURCE = "generated"
 
@@ -23,6 +25,16 @@ def storage_root(root: str | os.PathLike | None = None) -> Path:
 def source_spec(source: str | None = None) -> str:
     """The data source spec: ``generated``, ``movielens:PATH`` or ``landing:PATH``."""
     return source or os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE
+
+
+def beam_args(*more: str | list[str] | None) -> list[str]:
+    """Beam flags of the top-N pipeline: ``$NIGHTLY_TOPN_BEAM_ARGS`` (the deployment's runner,
+    e.g. ``--runner=FlinkRunner --flink_master=...``), then each of ``more`` (a run's
+    ``beam_args`` Param, a CLI's extra flags). A later flag overrides an earlier one."""
+    args = shlex.split(os.environ.get(BEAM_ARGS_ENV, ""))
+    for extra in more:
+        args += shlex.split(extra) if isinstance(extra, str) else list(extra or [])
+    return args
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class RunParams:
     tuning_budget_seconds: float = 30.0
     eval_protocol: str = "temporal"
     champion_tolerance: float = 0.02
+    beam_args: str = ""
 
     @classmethod
     def from_mapping(cls, values: dict | None) -> "RunParams":
@@ -90,6 +103,10 @@ PARAM_SPECS: dict[str, dict] = {
     "champion_tolerance": {"minimum": 0.0, "maximum": 1.0,
                            "description": "Quality gate: the new model may be at most this fraction below the live "
                                           "champion's NDCG@K (both measured on tonight's holdout)."},
+    "beam_args": {"maxLength": 4000,
+                  "description": "Extra Beam flags for the top-N pipeline, after the deployment's $NIGHTLY_TOPN_BEAM_ARGS "
+                                 "(e.g. '--direct_running_mode=multi_processing --direct_num_workers=2', or a "
+                                 "runner's flags: docs/runners.md). Empty = the deployment's runner."},
     "allow_older": {"description": "Let this run move the published pointer back to an OLDER date than the live one "
                                    "(off: a backfill of history computes and keeps its lists but never replaces newer live lists)."},
 }

@@ -224,3 +224,25 @@ def test_remote_model_dirs_are_copied_locally(root, monkeypatch):
     local = topn_pipeline.local_copy("fake://bucket/pop")
     assert sorted(opened) == ["fake://bucket/pop/model.json", "fake://bucket/pop/model.npz"]
     assert (load_model(local).item_scores == load_model(final).item_scores).all()
+
+
+def test_deployment_and_run_beam_flags_reach_the_pipeline(root, monkeypatch):
+    """$NIGHTLY_TOPN_BEAM_ARGS (the deployment's runner) + the run's ``beam_args`` Param + explicit
+    flags, later ones winning: how a DAG run is pointed at another runner without code changes."""
+    import dataclasses
+    from pathlib import Path
+
+    from nightly_topn import config
+    from nightly_topn.jobs.topn import topn
+
+    monkeypatch.setenv(config.BEAM_ARGS_ENV, "--direct_running_mode=multi_threading --direct_num_workers=2 --range_size=999")
+    assert config.beam_args("--range_size=250", ["--row_group_size=64"]) == [
+        "--direct_running_mode=multi_threading", "--direct_num_workers=2", "--range_size=999", "--range_size=250",
+        "--row_group_size=64"]
+    params = dataclasses.replace(PARAMS, beam_args="--range_size=250")
+    result = topn(DATE, root=root, params=params, beam_args=["--row_group_size=64"])
+    manifest, table = read_version(Path(result["path"]))
+    assert manifest["beam_args"][0] == "--runner=DirectRunner"
+    assert "--direct_running_mode=multi_threading" in manifest["beam_args"]
+    assert len(manifest["files"]) == -(-table.num_rows // 250)  # the run's flag beat the deployment's
+    assert all(pq.read_metadata(Path(result["path"]) / f).row_group(0).num_rows <= 64 for f in manifest["files"])

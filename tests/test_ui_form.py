@@ -234,6 +234,10 @@ def test_login_and_trigger_form_screenshot(tmp_path, chromium):
             parts.append((shot, page.js(RECTS.replace("TRIGGER", trigger).replace("CONTENT", content)
                                         .replace("DIALOG", DIALOG))))
         form_text = "\n".join(texts)
+        # with its defaults the form is valid: no field flagged, the Trigger button enabled
+        submit = page.js(f"""(() => {{ const b = [...({DIALOG}).querySelectorAll('button')]
+            .filter(x => x.innerText.trim() === 'Trigger'); return b.length ? b.every(x => !x.disabled) : null; }})()""")
+        assert submit is True, f"the trigger form cannot be submitted with its defaults (Trigger button: {submit})"
         for expected in ("Date to process", "top n", "Items per user in the published lists", "train window days",
                          "allow older", "publish", "model", "factors", "min lift over popularity"):
             assert expected in form_text, f"{expected!r} missing from the trigger form:\n{form_text[:3000]}"
