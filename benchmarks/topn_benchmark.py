@@ -20,8 +20,9 @@ leak between them; RSS = the sum over the process tree, sampled every 20 ms):
   default DirectRunner and on ``--direct_running_mode=multi_processing --direct_num_workers=2``;
   the two outputs are compared row for row.
 * ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(per user: NumPy dot
-  product, mask seen, argpartition + argsort, yield a dict) | WriteToParquet`` — on the same runners, on samples of ``S`` and
-  ``2S`` users; extrapolated to all users from the per-user marginal cost plus the fixed cost.
+  product, mask seen, argpartition + argsort, yield a dict) | WriteToParquet`` — on the same
+  runners, on samples of ``S`` and ``2S`` users (``--naive-sample``, default 10,000);
+  extrapolated to all users from the per-user marginal cost plus the fixed cost.
 * ``select``: top-N selection alone on one thread, on real masked score rows of one batch:
   ``scoring.block_top_n`` (what the kernel uses) vs ``torch.topk`` vs ``np.argpartition`` on
   whole rows — the measurement behind the choice.

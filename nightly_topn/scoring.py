@@ -6,8 +6,8 @@ Two layers:
 
 * ``mask_seen`` / ``top_n``: the generic pieces behind ``Recommender.recommend`` (any model, ties
   broken by lower item index). ``top_n`` selects wide rows with ``block_top_n``: block maxima,
-  a threshold from them, and a sort of the few scores above it — exact, and measured ~2.5x
-  faster than ``torch.topk`` and ~4x faster than ``np.argpartition`` on whole rows at 27K items,
+  a threshold from them, and a sort of the few scores above it — exact, and measured ~2x
+  faster than ``torch.topk`` and ~3x faster than ``np.argpartition`` on whole rows at 27K items,
   N=100 (``benchmarks/topn_benchmark.py`` prints the comparison).
 * ``TopNScorer``: the hot path the top-N pipeline uses. For factor models (``scores = U @ Vᵀ``)
   it fuses, per batch of users, one float32 GEMM into a preallocated buffer (torch, so the
@@ -27,7 +27,7 @@ import scipy.sparse as sp
 log = logging.getLogger(__name__)
 
 #: Items per block in ``block_top_n``: ~``items / block`` maxima to select from, ~``n × block``
-#: candidates to gather (see ``python benchmarks/topn_benchmark.py --only select``).
+#: candidates to gather.
 DEFAULT_BLOCK = 32
 #: Users per GEMM in ``TopNScorer``: the ``batch × items`` float32 buffer (128 × 27K = 14 MB) stays
 #: in cache between the GEMM and the selection; the benchmark's batch sweep measured 128 fastest.

@@ -10,10 +10,9 @@ Per element, the work is vectorised end to end: ``TopNScorer`` scores the range 
 (one GEMM per batch into a preallocated buffer, seen items masked by index, exact top-N by
 block-max thresholding), and the writer turns the resulting ``users × N`` arrays into one
 Arrow record batch (list columns built from offsets, item ids mapped with one ``take``)
-handed to ``pq.ParquetWriter``:
-no Python per user or per item. Memory per worker = one range's history rows + model + one
-``batch × items`` float32 buffer per scoring thread, independent of the total number of users
-and interactions (beyond the model's factors).
+handed to ``pq.ParquetWriter``: no Python per user or per item. Memory per worker = one
+range's history rows + model + one ``batch × items`` float32 buffer per scoring thread,
+independent of the total number of users and interactions (beyond the model's factors).
 
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
