@@ -99,8 +99,8 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
     }
 
 
-#: Rows per row group of ``interactions.parquet`` (~1.5 MB zstd): a top-N range of 8192 users
-#: (~1.2M interactions at the ML-20M shape) reads ~10 of them, ~10% more than it needs.
+#: Rows per row group of ``interactions.parquet``: a top-N range of 8192 users (~1.2M
+#: interactions at the ML-20M shape) reads ~10 of them, ~10% more rows than it needs.
 INTERACTIONS_ROW_GROUP = 128 * 1024
 
 

@@ -151,7 +151,7 @@ def _json_lines(rows: list[dict], fmt: str) -> str:
         row["scores"] = [float(str(np.float32(s))) for s in row["scores"]]  # shortest digits, as the Arrow path
         key = row.pop("user_id")
         value = json.dumps(row, separators=(",", ":"))
-        out.append(json.dumps({"key": key, "value": row}, separators=(",", ":")) if fmt == "jsonl" else f"{key}\t{value}")
+        out.append(f'{{"key":{json.dumps(key)},"value":{value}}}' if fmt == "jsonl" else f"{key}\t{value}")
     return "".join(line + "\n" for line in out)
 
 

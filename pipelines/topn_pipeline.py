@@ -67,9 +67,8 @@ class History:
             with FileSystems.open(FileSystems.join(features_dir, name)) as handle:
                 return pq.read_metadata(handle).num_rows
 
-        self.path = FileSystems.join(features_dir, "interactions.parquet")
         self.shape = (rows("user_map.parquet"), rows("item_map.parquet"))
-        self._handle = FileSystems.open(self.path)
+        self._handle = FileSystems.open(FileSystems.join(features_dir, "interactions.parquet"))
         self._file = pq.ParquetFile(self._handle)
         self._whole = None
         meta = self._file.metadata

@@ -52,22 +52,22 @@ def test_load_history_equals_features_matrix(root):
     assert (history != expected).nnz == 0
 
 
-def copy_features(features_dir, target, interactions):
-    """A features partition with the same id maps and the given interactions table."""
+def write_features(features_dir, target, interactions, row_group_size=None):
+    """A features partition with ``features_dir``'s id maps and the given interactions table."""
     import shutil
 
     target.mkdir()
     for name in ("user_map.parquet", "item_map.parquet"):
         shutil.copy(features_dir / name, target / name)
-    return interactions
+    pq.write_table(interactions, target / "interactions.parquet", row_group_size=row_group_size)
+    return target
 
 
 def test_history_ranges_read_only_their_row_groups(root, tmp_path):
     features_dir = Storage.at(root).partition("features", DATE)
     expected = Features.load(features_dir).matrix()
     table = pq.read_table(features_dir / "interactions.parquet")
-    small = tmp_path / "small_groups"
-    pq.write_table(copy_features(features_dir, small, table), small / "interactions.parquet", row_group_size=97)
+    small = write_features(features_dir, tmp_path / "small_groups", table, row_group_size=97)
     history = topn_pipeline.History(str(small))
     assert history._whole is None and history._file.metadata.num_row_groups > 10  # read range by range
     n_users = expected.shape[0]
@@ -85,9 +85,7 @@ def test_history_of_an_unsorted_file_is_read_whole(root, tmp_path):
     table = pq.read_table(features_dir / "interactions.parquet")
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
     for name, rows_per_group in (("one_group", None), ("many_groups", 101)):
-        target = tmp_path / name
-        pq.write_table(copy_features(features_dir, target, shuffled), target / "interactions.parquet",
-                       row_group_size=rows_per_group)
+        target = write_features(features_dir, tmp_path / name, shuffled, row_group_size=rows_per_group)
         history = topn_pipeline.History(str(target))
         assert (history[10:90] != expected[10:90]).nnz == 0
         assert history._whole is not None
