@@ -23,7 +23,9 @@ completed date (``airflow backfill create ... --reprocess-behavior completed``) 
 same rows (deterministic seed, same inputs). Publishing never moves the live pointer to an older
 date unless the ``allow_older`` Param is on, so backfilling history keeps today's lists live.
 ``ingest`` runs in the one-slot pool ``nightly_topn_ingest`` so concurrent runs never land the
-same raw day twice at once.
+same raw day twice at once. Two runs of the *same* date never interleave: every task holds the
+date's lock, and the later run owns the date (``runs/dt=D.json``), so the earlier one stops at
+its next task with a message (``nightly_topn.runs``).
 
 ### Failures
 
@@ -32,25 +34,24 @@ backoff; the data gates and the deterministic steps do not (bad data stays bad).
 fails for good writes an alert to ``alerts/dt=D/TASK.try-N.json`` and ``alerts/alerts.jsonl``
 under the storage root, and to the task log. A raw partition that fails its gate is moved to
 ``quarantine/rejected-raw/`` so a rerun re-lands it from the source. Nothing of a failed run is ever
-published: the pointer only moves in ``publish``, after every gate passed.
+published: ``topn`` hands its exact version to ``validate_topn``, which records its verdict in it,
+and ``publish`` moves the pointer only to that version, and only if the verdict passed.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
-from nightly_topn.config import PARAM_SPECS, RunParams
+from nightly_topn.config import knob_schemas
 
-_JSON_TYPES = {"int": "integer", "float": "number", "str": "string", "bool": "boolean"}
 DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 INGEST_POOL = "nightly_topn_ingest"
 #: The form's sections, in order (knobs not listed land in "Model").
 SECTIONS = {
     "date": "What to run", "publish": "What to run", "allow_older": "What to run",
-    "top_n": "Output", "beam_args": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
+    "top_n": "Output", "beam_running_mode": "Output", "beam_workers": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
     "holdout_quantile": "Quality gate", "champion_tolerance": "Quality gate", "eval_protocol": "Quality gate",
     "train_window_days": "Training data", "min_user_interactions": "Training data",
     "min_item_interactions": "Training data",
@@ -64,14 +65,11 @@ def _params() -> dict[str, Param]:
                                   "for a manual run without a logical date, the latest complete day (yesterday).",
                       section=SECTIONS["date"]),
     }
-    for field in dataclasses.fields(RunParams):
-        spec = dict(PARAM_SPECS[field.name])
-        type_name = field.type if isinstance(field.type, str) else field.type.__name__
-        default, json_type = field.default, _JSON_TYPES[type_name]
-        if default == "":  # an optional text knob: the form marks an empty required string as missing
-            default, json_type = None, ["null", json_type]
-        params[field.name] = Param(default, type=json_type, title=field.name.replace("_", " "),
-                                   section=SECTIONS.get(field.name, "Model"), **spec)
+    for name, schema in knob_schemas().items():
+        schema = dict(schema)
+        default, description = schema.pop("default"), schema.pop("description")
+        params[name] = Param(default, title=name.replace("_", " "), description=description,
+                             section=SECTIONS.get(name, "Model"), **schema)
     return params
 
 
@@ -91,8 +89,29 @@ def _run_date() -> str:
     return run_date_of(get_current_context())
 
 
-def _run_params() -> RunParams:
-    return RunParams.from_mapping(get_current_context()["params"])
+def _job(name: str, date: str, **kwargs):
+    """Run job ``name`` of the day as part of this DAG run (``nightly_topn.jobs.run_job``: the date's
+    lock, this run's claim). Expected failures (``NightlyTopNError``: bad input, a failed gate, a
+    refused parameter) fail the task at once with their one-line message: retrying cannot help,
+    except for a source that has not delivered yet (``ingest``'s ``MissingPartition``)."""
+    import logging
+
+    from nightly_topn.config import RunParams
+    from nightly_topn.errors import MissingPartition, NightlyTopNError
+    from nightly_topn.jobs import preflight, run_job
+
+    context = get_current_context()
+    run_id = f"{context['dag'].dag_id}__{context['run_id']}"
+    try:
+        params = RunParams.from_mapping(context["params"])
+        if name == "ingest":
+            preflight(params)
+        return run_job(name, date, params=params, run_id=run_id, **kwargs)
+    except NightlyTopNError as exc:
+        logging.getLogger("nightly_topn").debug("%s failed", name, exc_info=True)
+        if name == "ingest" and isinstance(exc, MissingPartition):
+            raise
+        raise _fail_fast(exc) from None
 
 
 def _on_failure(context) -> None:
@@ -103,7 +122,7 @@ def _on_failure(context) -> None:
 
 
 def _fail_fast(exc: Exception):
-    """Deterministic errors (unreadable or invalid data) must not burn retries."""
+    """Deterministic errors (unreadable or invalid data, a failed gate) must not burn retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
@@ -133,13 +152,8 @@ def nightly_topn():
         ``raw/dt=D/`` partitions (atomic, idempotent: landed days are kept). Returns the run date
         that every later task uses. Runs in the one-slot pool ``nightly_topn_ingest``.
         """
-        from nightly_topn.jobs.ingest import ingest as job
-
         date = _run_date()
-        try:
-            job(date, params=_run_params())
-        except (ValueError, TypeError) as exc:  # unreadable / off-contract files: retrying cannot help
-            raise _fail_fast(exc) from exc
+        _job("ingest", date)
         return date
 
     @task
@@ -150,99 +164,58 @@ def nightly_topn():
         run. The rejected raw partition is moved to ``quarantine/rejected-raw/`` so a rerun re-lands
         the (fixed) day from the source instead of keeping the bad copy. Report: ``reports/dt=D/``.
         """
-        from nightly_topn.jobs.validate import validate_raw as job
-        from nightly_topn.quality import GateFailed
-
-        try:
-            return job(date, params=_run_params())
-        except GateFailed as exc:
-            _quarantine_raw(date)
-            raise _fail_fast(exc) from exc
+        return _job("validate", date)
 
     @task
     def preprocess(date: str) -> dict:
         """**Preprocess**: the training window up to D (nothing later), dedupe, weight, filter,
         map ids, temporal holdout -> ``features/dt=D/``."""
-        from nightly_topn.jobs.preprocess import preprocess as job
-
-        return job(date, params=_run_params())
+        return _job("preprocess", date)
 
     @task
     def validate_features(date: str) -> dict:
         """**Features gate** (Great Expectations, no retries): ids mapped, no NaN weights, train and
         holdout disjoint, holdout share and user/item counts in bounds; a hard failure stops the run
         before training. Report: ``reports/dt=D/features.validation.json`` + Data Docs."""
-        from nightly_topn.jobs.validate import validate_features as job
-        from nightly_topn.quality import GateFailed
-
-        try:
-            return job(date, params=_run_params())
-        except GateFailed as exc:
-            raise _fail_fast(exc) from exc
+        return _job("validate_features", date)
 
     @task
     def train(date: str) -> dict:
         """**Train** the chosen model on the training split (for evaluation) and on all data (for
         scoring), plus the popularity fallback -> ``models/dt=D/``. Deterministic for a seed."""
-        from nightly_topn.jobs.train import train as job
-
-        return job(date, params=_run_params())
+        return _job("train", date)
 
     @task
     def evaluate(date: str) -> dict:
         """**Quality gate**: holdout metrics vs popularity -> ``reports/dt=D/evaluation.json``; fails
         the run (nothing published) when the model does not beat popularity by the set lift."""
-        from nightly_topn.jobs.evaluate import evaluate as job
-
-        return job(date, params=_run_params())["gate"]
+        return _job("evaluate", date)["gate"]
 
     @task(retries=1, retry_delay=dt.timedelta(seconds=30))
-    def topn(date: str) -> dict:
+    def topn(date: str) -> str:
         """**Top-N** (Beam): every user's list into a new, unpublished version
-        ``topn/dt=D/v=ATTEMPT/`` (a failed attempt leaves only a staging folder nothing reads)."""
-        from nightly_topn.jobs.topn import topn as job
-
-        return job(date, params=_run_params())
+        ``topn/dt=D/v=ATTEMPT/`` (a failed attempt leaves only a staging folder nothing reads).
+        Returns that version's path: the gate checks exactly it."""
+        return _job("topn", date)["path"]
 
     @task
-    def validate_topn(date: str) -> dict:
-        """**Top-N gate** (Great Expectations, no retries) on D's newest unpublished version: one
-        list per active user, N distinct unseen items, scores non-increasing, coverage floor, model
-        version and date; a hard failure stops the run, the live lists stay published."""
-        from nightly_topn.jobs.validate import validate_topn as job
-        from nightly_topn.quality import GateFailed
-
-        try:
-            return job(date, params=_run_params())
-        except GateFailed as exc:
-            raise _fail_fast(exc) from exc
+    def validate_topn(date: str, version: str) -> str:
+        """**Top-N gate** (Great Expectations, no retries) on the version ``topn`` wrote: one list per
+        active user, N distinct unseen items, scores non-increasing, coverage floor, model version and
+        date. Records its verdict in the version; a hard failure stops the run, the live lists stay."""
+        return _job("validate_topn", date, version=version)["version"]
 
     @task(retries=2, retry_delay=dt.timedelta(seconds=10), retry_exponential_backoff=2.0)
-    def publish(date: str) -> dict:
-        """**Publish**: point ``topn/CURRENT.json`` at D's newest version -- unless ``publish`` is off
-        (dry run) or D is older than the live date and ``allow_older`` is off (backfill)."""
-        from nightly_topn.jobs.publish import publish as job
-
-        return job(date, params=_run_params())
+    def publish(date: str, version: str) -> dict:
+        """**Publish**: point ``topn/CURRENT.json`` at the version the gate passed -- unless
+        ``publish`` is off (dry run) or D is older than the live date and ``allow_older`` is off."""
+        return _job("publish", date, version=version)
 
     date = ingest()
     gates = validate_raw(date) >> preprocess(date) >> validate_features(date) >> train(date) >> evaluate(date)
-    gates >> topn(date) >> validate_topn(date) >> publish(date)
-
-
-def _quarantine_raw(date: str) -> None:
-    """Move a rejected raw partition out of ``raw/`` (kept as ``quarantine/rejected-raw/dt=D.STAMP``)."""
-    import os
-
-    from nightly_topn.storage import Storage
-
-    store = Storage.at()
-    source = store.partition("raw", date)
-    if source.is_dir():
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        target = store.root / "quarantine" / "rejected-raw" / f"dt={dt.date.fromisoformat(date)}.{stamp}"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(source, target)
+    version = topn(date)
+    gates >> version
+    publish(date, validate_topn(date, version))
 
 
 nightly_topn()

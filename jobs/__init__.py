@@ -1,5 +1,13 @@
 """The jobs of a daily run, in order. Each is a plain function ``job(date, *, root, params, ...)``
-that an Airflow task calls and a person can run by hand (``nightly-topn JOB --date D``)."""
+that an Airflow task calls and a person can run by hand (``nightly-topn JOB --date D``).
+
+``run_job`` is how every entry point (the DAG's tasks, the CLI) runs one: under the date's
+lock, as part of a run that owns the date (``nightly_topn.runs``). ``run_day`` runs them all in
+order, handing the exact top-N version from ``topn`` to ``validate_topn`` and on to ``publish``.
+"""
+from __future__ import annotations
+
+import uuid
 
 
 def steps():
@@ -15,3 +23,47 @@ def steps():
     return [("ingest", ingest), ("validate", validate_raw), ("preprocess", preprocess),
             ("validate_features", validate_features), ("train", train), ("evaluate", evaluate), ("topn", topn),
             ("validate_topn", validate_topn), ("publish", publish)]
+
+
+def preflight(params) -> None:
+    """Refuse, before any work, what the run may not choose on this deployment (its Beam knobs
+    against the deployment's runner and this machine's cores)."""
+    from nightly_topn.config import deployment_beam_args
+
+    params.run_beam_args(deployment_beam_args())
+
+
+def run_job(name: str, date, *, root=None, params=None, run_id: str | None = None, **kwargs) -> dict:
+    """Run job ``name`` for ``date`` under the date's guard. ``run_id`` names the run it belongs
+    to (``ingest`` claims the date for it); without one (a job by hand) only the lock is taken."""
+    from nightly_topn.config import RunParams
+    from nightly_topn.runs import date_guard
+    from nightly_topn.storage import as_date
+
+    params = params or RunParams()
+    date = as_date(date)
+    job = dict(steps())[name]
+    with date_guard(date, root=root, run_id=run_id, claim=name == "ingest"):
+        return job(date, root=root, params=params, **kwargs)
+
+
+def run_day(date, *, root=None, source=None, params=None, run_id: str | None = None, beam_args=None):
+    """Run every job of ``date`` in order as one run; yields ``(name, result)`` after each."""
+    from nightly_topn.config import RunParams
+
+    params = params or RunParams()
+    preflight(params)
+    run_id = run_id or f"cli__{uuid.uuid4().hex[:12]}"
+    version = None
+    for name, _ in steps():
+        kwargs = {}
+        if name == "ingest":
+            kwargs["source"] = source
+        if name == "topn" and beam_args:
+            kwargs["beam_args"] = beam_args
+        if name in ("validate_topn", "publish"):
+            kwargs["version"] = version
+        result = run_job(name, date, root=root, params=params, run_id=run_id, **kwargs)
+        if name == "topn":
+            version = result["path"]
+        yield name, result

@@ -28,6 +28,7 @@ from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import evaluate_model, recommend_all
 from nightly_topn.features import Features
+from nightly_topn.errors import QualityGateFailed
 from nightly_topn.models import MODELS, load_model
 from nightly_topn.storage import Storage, as_date, write_json
 
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Users with fewer training interactions than this form the "new" segment.
 NEW_USER_MAX_HISTORY = 5
-
-
-class QualityGateFailed(RuntimeError):
-    pass
 
 
 def item_categories(store: Storage, date, item_ids: np.ndarray) -> sp.csr_matrix | None:

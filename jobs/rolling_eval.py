@@ -34,7 +34,7 @@ METRICS = ("hit_rate", "recall", "recall_capped", "ndcg")
 
 
 def published_dates(store: Storage, until=None) -> list[dt.date]:
-    """Dates with a complete top-N version and no failed quality gate, oldest first."""
+    """Dates with a top-N version that passed its gate and no failed quality gate, oldest first."""
     base = store.root / "topn"
     out = []
     if not base.is_dir():
@@ -43,7 +43,7 @@ def published_dates(store: Storage, until=None) -> list[dt.date]:
         day = as_date(child.name[3:])
         if until is not None and day > as_date(until):
             continue
-        if not any((v / MANIFEST).is_file() for v in child.glob("v=*")):
+        if not any(store.verdict_problem(v) is None for v in store.versions(day)):
             continue
         evaluation = store.partition("reports", day) / "evaluation.json"
         if evaluation.is_file() and not read_json(evaluation).get("gate", {}).get("passed", True):
@@ -53,9 +53,7 @@ def published_dates(store: Storage, until=None) -> list[dt.date]:
 
 
 def _lists(store: Storage, day) -> tuple[list[str], list[list[str]], str]:
-    from nightly_topn.jobs.publish import latest_version
-
-    version = latest_version(store, day)
+    version = store.newest_gated_version(day)
     manifest = read_json(version / MANIFEST)
     files = manifest.get("files") or sorted(p.name for p in version.glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(version / f, columns=["user_id", "item_ids"]) for f in files])

@@ -208,18 +208,20 @@ def topn_frame(version: Path, features_dir: Path, top_n: int) -> pd.DataFrame:
     return long.drop(columns=["n_seen"])
 
 
-def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
-    """Gate on the newest (not yet published) top-N version of ``date``, before publish."""
-    from nightly_topn.jobs.publish import latest_version
-
+def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None,
+                  version: str | None = None) -> dict:
+    """Gate on one top-N version of ``date`` before publish: ``version`` (what the top-N job just
+    wrote; the DAG passes it on), else the date's newest version. The verdict, passed or failed,
+    is recorded inside that version (``_gate.json``): publish only moves the pointer to a version
+    whose verdict passed and still matches it."""
     date = as_date(date)
     store = Storage.at(root)
     settings = gate_settings("topn", settings)
-    version = latest_version(store, date)
+    version = store.version(date, version) if version else store.newest_version(date)
     manifest = read_json(version / MANIFEST)
     features_dir = store.partition("features", date)
     info_path = store.partition("models", date) / "model_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json(info_path) if info_path.is_file() else {}
     top_n = int(manifest.get("top_n") or params.top_n)
     frame = topn_frame(version, features_dir, top_n)
     n_users = pq.read_metadata(features_dir / "user_map.parquet").num_rows
@@ -231,8 +233,13 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
         "model_versions": [info.get("model_version") or manifest.get("model_version")],
         "dates": [date.isoformat()],
     }
-    gate = run_gate("topn", frame, store.partition("reports", date), parameters)
-    require(gate, f"top-N {version} ({n_users} users, N={top_n})")
+    gate = run_gate("topn", frame, store.partition("reports", date), parameters, name=f"topn.{version.name}")
+    try:
+        require(gate, f"top-N {version} ({n_users} users, N={top_n})")
+    except GateFailed as exc:
+        store.record_verdict(version, passed=False, result=gate.result_path, reason=str(exc))
+        raise
+    store.record_verdict(version, passed=True, result=gate.result_path)
     return {"date": date.isoformat(), "outcome": "warned" if gate.warnings else "passed", "version": str(version),
             "rows": len(frame), "warnings": [w["label"] for w in gate.warnings], "result": gate.result_path,
             "data_docs": gate.docs_path, "seconds": gate.seconds}

@@ -4,6 +4,10 @@
     nightly-topn run --date 2024-03-01          # every job of the day, in order
     nightly-topn lookup u000042 [--date D]      # one user's published list (JSON)
     nightly-topn export lists.jsonl [--format jsonl|tsv] [--date D]   # every list, for a KV store
+
+Every knob is checked against its bounds (``nightly_topn.config.RunParams``) before any work
+starts. A failure prints one line naming the problem (``nightly-topn: error: ...``) and exits
+non-zero; ``--debug`` also prints the traceback.
 """
 from __future__ import annotations
 
@@ -15,69 +19,86 @@ import sys
 
 from nightly_topn.config import RunParams
 
+log = logging.getLogger("nightly_topn.cli")
 
-def _add_params(parser: argparse.ArgumentParser) -> None:
+
+def _add_params(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--date", required=True, help="logical date YYYY-MM-DD (the day whose data is processed)")
     parser.add_argument("--root", help="storage root (default $NIGHTLY_TOPN_ROOT or ./var/data)")
-    parser.add_argument("--source", help="data source spec (default $NIGHTLY_TOPN_SOURCE or 'generated')")
+    if name in ("ingest", "run"):
+        parser.add_argument("--source", help="data source spec (default $NIGHTLY_TOPN_SOURCE or 'generated')")
+    if name in ("validate_topn", "publish"):
+        parser.add_argument("--version", help="the top-N version (topn/dt=D/v=...) to check or publish "
+                                              "(default: the date's newest)")
     for field in dataclasses.fields(RunParams):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL", help=f"default {field.default}")
-        else:
-            kind = {"int": int, "float": float}.get(field.type, str)
-            parser.add_argument(flag, type=kind, default=None, help=f"default {field.default}")
+        metavar = "BOOL" if field.type in ("bool", bool) else None
+        # Values stay strings here: RunParams validates and converts them, with its bounds.
+        parser.add_argument("--" + field.name.replace("_", "-"), default=None, metavar=metavar,
+                            help=f"default {field.default}")
 
 
-def _call(name, func, args, params, extra):
-    kwargs = {"root": args.root, "params": params}
-    if name == "ingest":
-        kwargs["source"] = args.source
-    if name == "topn" and extra:
-        kwargs["beam_args"] = extra
-    return func(args.date, **kwargs)
+def _print_error(exc: Exception) -> None:
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    detail = [line for line in lines[1:] if line.lstrip().startswith(("[HARD]", "result:"))]
+    print("nightly-topn: error: " + "\n  ".join([lines[0], *[d.strip() for d in detail]]), file=sys.stderr)
 
 
 def main(argv=None) -> int:
+    from nightly_topn.errors import NightlyTopNError
     from nightly_topn.jobs import steps
 
     parser = argparse.ArgumentParser(prog="nightly-topn", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="log at DEBUG level, with tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, _ in steps():
-        _add_params(sub.add_parser(name, help=f"run the {name} job for one date"))
-    _add_params(sub.add_parser("run", help="run every job of one date in order"))
+        _add_params(sub.add_parser(name, help=f"run the {name} job for one date"), name)
+    _add_params(sub.add_parser("run", help="run every job of one date in order"), "run")
     look = sub.add_parser("lookup", help="print one user's published top-N as JSON")
     look.add_argument("user_id")
-    look.add_argument("--date", help="a given date's lists instead of the live ones")
+    look.add_argument("--date", help="a given date's (gated) lists instead of the live ones")
     look.add_argument("--root")
     export = sub.add_parser("export", help="write every published list to a file (bulk load of a KV store)")
     export.add_argument("out", help="output file ('-' for stdout)")
     export.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
-    export.add_argument("--date", help="a given date's lists instead of the live ones")
+    export.add_argument("--date", help="a given date's (gated) lists instead of the live ones")
     export.add_argument("--root")
-    args, extra = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return _dispatch(args)
+    except NightlyTopNError as exc:
+        log.debug("%s", type(exc).__name__, exc_info=True)
+        _print_error(exc)
+        return exc.exit_code
+
+
+def _dispatch(args) -> int:
+    from nightly_topn.jobs import preflight, run_day, run_job
+    from nightly_topn.storage import as_date
 
     if args.command == "lookup":
         from nightly_topn.lookup import lookup
 
-        row = lookup(args.user_id, root=args.root, date=args.date)
+        row = lookup(args.user_id, root=args.root, date=args.date and as_date(args.date))
         print(json.dumps(row, indent=2))
         return 0 if row else 1
     if args.command == "export":
         from nightly_topn.lookup import export as export_lists
 
-        count = export_lists(sys.stdout if args.out == "-" else args.out, root=args.root, date=args.date,
-                             fmt=args.format)
+        count = export_lists(sys.stdout if args.out == "-" else args.out, root=args.root,
+                             date=args.date and as_date(args.date), fmt=args.format)
         print(json.dumps({"exported": count, "out": args.out}), file=sys.stderr)
         return 0
-    if extra and args.command not in ("topn", "run"):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    params = RunParams.from_mapping(vars(args))
-    jobs = steps() if args.command == "run" else [(n, f) for n, f in steps() if n == args.command]
-    for name, func in jobs:
-        result = _call(name, func, args, params, extra)
+    date = as_date(args.date)
+    params = RunParams.from_mapping(vars(args), flags=True)
+    preflight(params)
+    if args.command == "run":
+        results = run_day(date, root=args.root, source=args.source, params=params)
+    else:
+        kwargs = {k: getattr(args, k) for k in ("source", "version") if getattr(args, k, None) is not None}
+        results = [(args.command, run_job(args.command, date, root=args.root, params=params, **kwargs))]
+    for name, result in results:
         print(json.dumps({"job": name, "result": result}, default=str))
     return 0
 

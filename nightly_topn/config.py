@@ -1,20 +1,39 @@
-"""Deployment-level settings, read from the environment.
+"""Every setting, defined once: deployment settings (environment) and per-run knobs (typed).
 
-Per-run knobs (top N, hyperparameters, window) are job arguments / Airflow Params; what is
-here names *where* things live and *which* data source feeds the system.
+The deployment decides *where* things live, *which* source feeds the system and *which* Beam
+runner (with which flags) computes the lists: ``$NIGHTLY_TOPN_ROOT``, ``$NIGHTLY_TOPN_SOURCE``,
+``$NIGHTLY_TOPN_BEAM_ARGS``, ``$NIGHTLY_TOPN_MAX_BEAM_WORKERS``. A run chooses only the knobs of
+``RunParams``: each is typed and bounded here, and the Airflow trigger form, the CLI flags and
+the jobs all validate against this one definition, so a wrong value is refused before any work
+starts, by every entry point, in one line that names the knob and the bound.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.dataclasses import dataclass
+
+from nightly_topn.errors import ConfigError
 
 ROOT_ENV = "NIGHTLY_TOPN_ROOT"
 SOURCE_ENV = "NIGHTLY_TOPN_SOURCE"
 BEAM_ARGS_ENV = "NIGHTLY_TOPN_BEAM_ARGS"
+MAX_BEAM_WORKERS_ENV = "NIGHTLY_TOPN_MAX_BEAM_WORKERS"
 DEFAULT_ROOT = "var/data"
 DEFAULT_SOURCE = "generated"
+#: The default runner of the top-N step: Beam's portable in-process runner. ``DirectRunner``
+#: would first try to download and start the Prism binary from the internet; ``FnApiRunner``
+#: never downloads anything and honours the same ``--direct_running_mode``/``--direct_num_workers``.
+DEFAULT_RUNNER = "FnApiRunner"
+LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+#: Flags the top-N job sets itself (paths and identity of the version): nobody else may.
+JOB_OWNED_FLAGS = ("features", "model", "fallback", "output", "logical_date", "model_version", "top_n")
+MODELS = ("auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence", "horizon")
 
 
 def storage_root(root: str | os.PathLike | None = None) -> Path:
@@ -27,86 +46,156 @@ def source_spec(source: str | None = None) -> str:
     return source or os.environ.get(SOURCE_ENV) or DEFAULT_SOURCE
 
 
-def beam_args(*more: str | list[str] | None) -> list[str]:
-    """Beam flags of the top-N pipeline: ``$NIGHTLY_TOPN_BEAM_ARGS`` (the deployment's runner,
-    e.g. ``--runner=FlinkRunner --flink_master=...``), then each of ``more`` (a run's
-    ``beam_args`` Param, a CLI's extra flags). A later flag overrides an earlier one."""
+def max_beam_workers() -> int:
+    """The most local Beam worker processes a run may ask for: ``$NIGHTLY_TOPN_MAX_BEAM_WORKERS``,
+    else this machine's cores (a run must not fork dozens of processes on a 2-core worker)."""
+    value = os.environ.get(MAX_BEAM_WORKERS_ENV)
+    if value:
+        try:
+            return max(1, int(value))
+        except ValueError:
+            raise ConfigError(f"{MAX_BEAM_WORKERS_ENV}={value!r} is not a whole number") from None
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _flag_name(token: str) -> str | None:
+    return token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else None
+
+
+def deployment_beam_args(*more: str | list[str] | None) -> list[str]:
+    """Beam flags chosen by the deployment: ``$NIGHTLY_TOPN_BEAM_ARGS`` (e.g.
+    ``--runner=FlinkRunner --flink_master=...``), then ``more`` (flags given by code the
+    deployment runs: benchmarks, tests). A later flag overrides an earlier one. The flags the
+    job sets itself (``JOB_OWNED_FLAGS``: paths, date, model version, N) are refused."""
     args = shlex.split(os.environ.get(BEAM_ARGS_ENV, ""))
     for extra in more:
         args += shlex.split(extra) if isinstance(extra, str) else list(extra or [])
+    for token in args:
+        name = _flag_name(token)
+        if name in JOB_OWNED_FLAGS:
+            raise ConfigError(f"Beam flag --{name} is set by the top-N job itself (paths, date, model, N); "
+                              f"remove it from {BEAM_ARGS_ENV} / beam_args")
     return args
 
 
-@dataclass(frozen=True)
-class RunParams:
-    """Per-run knobs shared by the jobs, the DAG's Params and the CLIs (one set of defaults)."""
+def runner_of(args: list[str]) -> str:
+    """The runner named by the last ``--runner`` flag of ``args`` (default ``DEFAULT_RUNNER``)."""
+    runner = DEFAULT_RUNNER
+    for i, token in enumerate(args):
+        if token == "--runner" and i + 1 < len(args):
+            runner = args[i + 1]
+        elif token.startswith("--runner="):
+            runner = token.split("=", 1)[1]
+    return runner.rsplit(".", 1)[-1]
 
-    top_n: int = 20
-    train_window_days: int = 60
-    min_user_interactions: int = 1
-    min_item_interactions: int = 2
-    holdout_quantile: float = 0.8
-    model: str = "auto"
-    factors: int = 32
-    regularization: float = 1.0
-    alpha: float = 1.0
-    iterations: int = 15
-    seed: int = 42
-    eval_k: int = 10
-    min_lift_over_popularity: float = 0.0
-    publish: bool = True
-    allow_older: bool = False
-    tuning_budget_seconds: float = 30.0
-    eval_protocol: str = "temporal"
-    champion_tolerance: float = 0.02
-    beam_args: str = ""
+
+@dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
+class RunParams:
+    """Per-run knobs shared by the jobs, the DAG's Params and the CLI (one set of defaults and
+    bounds). Constructing one validates it; ``RunParams.from_mapping`` turns a refusal into a
+    one-line ``ConfigError`` naming the knob and its bound."""
+
+    top_n: Annotated[int, Field(ge=1, le=500, description="Items per user in the published lists.")] = 20
+    train_window_days: Annotated[int, Field(
+        ge=1, le=3650, description="Days of events, up to and including the run date, used for training.")] = 60
+    min_user_interactions: Annotated[int, Field(
+        ge=1, le=1000, description="Users with fewer distinct items are not trained on (they get the fallback).")] = 1
+    min_item_interactions: Annotated[int, Field(
+        ge=1, le=1000, description="Items with fewer distinct users are dropped from the catalog.")] = 2
+    holdout_quantile: Annotated[float, Field(
+        ge=0.5, le=0.99,
+        description="Pairs first seen after this quantile of event times form the evaluation holdout.")] = 0.8
+    model: Annotated[Literal[MODELS], Field(  # type: ignore[valid-type]
+        description="Which model scores the lists: 'auto' tunes every candidate and picks the best on a "
+                    "validation split; a name tunes only that model.")] = "auto"
+    factors: Annotated[int, Field(ge=4, le=512, description="Latent factors (ALS).")] = 32
+    regularization: Annotated[float, Field(ge=0.0, le=100.0, description="L2 regularisation (ALS).")] = 1.0
+    alpha: Annotated[float, Field(ge=0.01, le=1000.0,
+                                  description="Confidence scaling of interaction weights (ALS).")] = 1.0
+    iterations: Annotated[int, Field(ge=1, le=200, description="Training sweeps (ALS).")] = 15
+    seed: Annotated[int, Field(ge=0, le=2**31 - 1,
+                               description="Random seed: same data + same seed = same lists.")] = 42
+    eval_k: Annotated[int, Field(ge=1, le=200, description="Cut-off K of the evaluation metrics (NDCG@K...).")] = 10
+    min_lift_over_popularity: Annotated[float, Field(
+        ge=-1.0, le=10.0,
+        description="Quality gate: the chosen model's NDCG@K must be > popularity x (1 + this).")] = 0.0
+    publish: Annotated[bool, Field(
+        description="Publish the lists when every gate passes (off = dry run: compute, keep unpublished).")] = True
+    allow_older: Annotated[bool, Field(
+        description="Let this run move the published pointer back to an OLDER date than the live one (off: a "
+                    "backfill of history computes and keeps its lists but never replaces newer live lists).")] = False
+    tuning_budget_seconds: Annotated[float, Field(
+        ge=0.0, le=86400.0,
+        description="Wall-clock budget of the hyperparameter search over all candidates "
+                    "(0 = no search: each model's default configuration).")] = 30.0
+    eval_protocol: Annotated[Literal["temporal", "random"], Field(
+        description="Holdout protocol: 'temporal' (pairs after the holdout quantile of event times) "
+                    "or 'random' (per-user 20 % holdout, seeded).")] = "temporal"
+    champion_tolerance: Annotated[float, Field(
+        ge=0.0, le=1.0,
+        description="Quality gate: the new model may be at most this fraction below the live "
+                    "champion's NDCG@K (both measured on tonight's holdout).")] = 0.02
+    beam_running_mode: Annotated[Literal["deployment", "in_memory", "multi_threading", "multi_processing"], Field(
+        description="How the local Beam runner executes this run's top-N step: 'deployment' = as the "
+                    "deployment's $NIGHTLY_TOPN_BEAM_ARGS says; 'multi_processing' spreads it over "
+                    "beam_workers processes. Only for a deployment on a local runner.")] = "deployment"
+    beam_workers: Annotated[int, Field(
+        ge=0, le=64,
+        description="Local Beam workers (threads or processes) of this run's top-N step; 0 = the "
+                    "deployment's choice. At most the worker machine's cores "
+                    f"(${MAX_BEAM_WORKERS_ENV}).")] = 0
 
     @classmethod
-    def from_mapping(cls, values: dict | None) -> "RunParams":
-        """Build from a dict (e.g. Airflow ``params``), ignoring keys that are not knobs."""
+    def from_mapping(cls, values: dict | None, *, flags: bool = False) -> "RunParams":
+        """Build from a dict (Airflow ``params``, CLI flags as strings), ignoring keys that are not
+        knobs and ``None`` values; a refused value raises ``ConfigError`` naming the knob (as a
+        CLI flag with ``flags``) and its bound."""
         values = values or {}
-        known = {f: values[f] for f in cls.__dataclass_fields__ if f in values and values[f] is not None}
-        return cls(**known)
+        known = {f.name: values[f.name] for f in dataclasses.fields(cls) if values.get(f.name) is not None}
+        try:
+            return cls(**known)
+        except ValidationError as exc:
+            raise config_error(exc, flags=flags) from None
+
+    def run_beam_args(self, deployment_args: list[str]) -> list[str]:
+        """The Beam flags this run adds after the deployment's: only the bounded local-runner
+        options ``beam_running_mode``/``beam_workers``, refused on a non-local runner and above
+        ``max_beam_workers()``."""
+        extra = []
+        if self.beam_running_mode != "deployment":
+            extra.append(f"--direct_running_mode={self.beam_running_mode}")
+        if self.beam_workers:
+            cap = max_beam_workers()
+            if self.beam_workers > cap:
+                raise ConfigError(f"beam_workers={self.beam_workers} is above this worker's limit of {cap} "
+                                  f"(its cores, or ${MAX_BEAM_WORKERS_ENV})")
+            extra.append(f"--direct_num_workers={self.beam_workers}")
+        runner = runner_of(deployment_args)
+        if extra and runner not in LOCAL_RUNNERS:
+            raise ConfigError(f"beam_running_mode/beam_workers apply to a local runner only; this deployment's "
+                              f"top-N step runs on {runner} (set its options in ${BEAM_ARGS_ENV})")
+        return extra
 
 
-#: Bounds and descriptions of every RunParams knob: the Airflow trigger form and the CLI help
-#: are both built from this, so a knob is described once.
-PARAM_SPECS: dict[str, dict] = {
-    "top_n": {"minimum": 1, "maximum": 500, "description": "Items per user in the published lists."},
-    "train_window_days": {"minimum": 1, "maximum": 3650,
-                          "description": "Days of events, up to and including the run date, used for training."},
-    "min_user_interactions": {"minimum": 1, "maximum": 1000,
-                              "description": "Users with fewer distinct items are not trained on (they get the fallback)."},
-    "min_item_interactions": {"minimum": 1, "maximum": 1000,
-                              "description": "Items with fewer distinct users are dropped from the catalog."},
-    "holdout_quantile": {"minimum": 0.5, "maximum": 0.99,
-                         "description": "Pairs first seen after this quantile of event times form the evaluation holdout."},
-    "model": {"enum": ["auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence",
-                       "horizon"],
-              "description": "Which model scores the lists: 'auto' tunes every candidate and picks the best on a "
-                             "validation split; a name tunes only that model."},
-    "factors": {"minimum": 4, "maximum": 512, "description": "Latent factors (ALS)."},
-    "regularization": {"minimum": 0.0, "maximum": 100.0, "description": "L2 regularisation (ALS)."},
-    "alpha": {"minimum": 0.01, "maximum": 1000.0, "description": "Confidence scaling of interaction weights (ALS)."},
-    "iterations": {"minimum": 1, "maximum": 200, "description": "Training sweeps (ALS)."},
-    "seed": {"minimum": 0, "maximum": 2**31 - 1, "description": "Random seed: same data + same seed = same lists."},
-    "eval_k": {"minimum": 1, "maximum": 200, "description": "Cut-off K of the evaluation metrics (NDCG@K...)."},
-    "min_lift_over_popularity": {"minimum": -1.0, "maximum": 10.0,
-                                 "description": "Quality gate: the chosen model's NDCG@K must be > popularity x (1 + this)."},
-    "publish": {"description": "Publish the lists when every gate passes (off = dry run: compute, keep unpublished)."},
-    "tuning_budget_seconds": {"minimum": 0.0, "maximum": 86400.0,
-                              "description": "Wall-clock budget of the hyperparameter search over all candidates "
-                                             "(0 = no search: each model's default configuration)."},
-    "eval_protocol": {"enum": ["temporal", "random"],
-                      "description": "Holdout protocol: 'temporal' (pairs after the holdout quantile of event times) "
-                                     "or 'random' (per-user 20 % holdout, seeded)."},
-    "champion_tolerance": {"minimum": 0.0, "maximum": 1.0,
-                           "description": "Quality gate: the new model may be at most this fraction below the live "
-                                          "champion's NDCG@K (both measured on tonight's holdout)."},
-    "beam_args": {"maxLength": 4000,
-                  "description": "Extra Beam flags for the top-N pipeline, after the deployment's $NIGHTLY_TOPN_BEAM_ARGS "
-                                 "(e.g. '--direct_running_mode=multi_processing --direct_num_workers=2', or a "
-                                 "runner's flags: docs/runners.md). Empty = the deployment's runner."},
-    "allow_older": {"description": "Let this run move the published pointer back to an OLDER date than the live one "
-                                   "(off: a backfill of history computes and keeps its lists but never replaces newer live lists)."},
-}
+def knob_schemas() -> dict[str, dict]:
+    """JSON schema of each knob (type, default, bounds or choices, description): the trigger form's Params."""
+    schema = TypeAdapter(RunParams).json_schema()
+    return {name: {k: v for k, v in prop.items() if k != "title"} for name, prop in schema["properties"].items()}
+
+
+def config_error(exc: ValidationError, *, flags: bool = False) -> ConfigError:
+    """One line naming each refused knob and its bound: ``top_n=0: input should be greater than
+    or equal to 1 (allowed: minimum 1; maximum 500)`` (``--top-n=0: ...`` with ``flags``)."""
+    specs = knob_schemas()
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(x) for x in error["loc"]) or "params"
+        shown_name = "--" + name.replace("_", "-") if flags else name
+        bound = error["msg"][0].lower() + error["msg"][1:]
+        spec = specs.get(name, {})
+        limits = [f"{k} {spec[k]}" for k in ("minimum", "maximum") if k in spec]
+        hint = f" (allowed: {'; '.join(limits)})" if limits else ""
+        shown = error.get("input")
+        parts.append(f"{shown_name}={shown}: {bound}{hint}" if error["type"] != "unexpected_keyword_argument"
+                     else f"{shown_name}: not a run knob")
+    return ConfigError("refused run parameter " + "; ".join(parts))

@@ -49,16 +49,16 @@ class TopNReader:
 
     @classmethod
     def published(cls, root=None, date=None) -> "TopNReader":
-        """The live lists, or those of ``date`` (its newest complete version)."""
+        """The live lists, or those of ``date`` (its newest version that passed the top-N gate)."""
+        from nightly_topn.errors import MissingPartition
+
         store = Storage.at(root)
         if date is None:
             pointer = store.published()
             if pointer is None:
-                raise FileNotFoundError(f"nothing is published under {store.root}")
+                raise MissingPartition(f"nothing is published under {store.root} (no {store.pointer_path().name})")
             return cls(store.root / pointer["path"])
-        from nightly_topn.jobs.publish import latest_version
-
-        return cls(latest_version(store, as_date(date)))
+        return cls(store.newest_gated_version(as_date(date)))
 
     def _row_group(self, path: Path, rg: int):
         key = (path, rg)

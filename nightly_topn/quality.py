@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from nightly_topn.storage import write_json
+from nightly_topn.errors import GateFailed
+from nightly_topn.storage import replace_dir, write_json
 
 log = logging.getLogger(__name__)
 GX_PROJECT = Path(__file__).resolve().parent.parent / "expectations" / "gx"
@@ -55,8 +56,7 @@ def gate_settings(gate: str, overrides: dict | None = None) -> dict:
     return settings
 
 
-class GateFailed(RuntimeError):
-    """A hard expectation failed; the message lists which and how many rows."""
+__all__ = ["GateFailed", "GateResult", "gate_settings", "require", "run_gate"]
 
 
 @dataclass
@@ -160,9 +160,10 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
     name = name or checkpoint
     report_dir = Path(report_dir)
     workdir = report_dir / "gx" / name
-    shutil.rmtree(workdir, ignore_errors=True)
-    shutil.copytree(gx_project_dir(), workdir / "gx", ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
-    context = gx.get_context(mode="file", project_root_dir=str(workdir))
+    # Built in a folder of its own and renamed into place: two gate runs never share a GX project.
+    stage = report_dir / "gx" / f".staging-{name}-{os.getpid()}-{time.time_ns()}"
+    shutil.copytree(gx_project_dir(), stage / "gx", ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
+    context = gx.get_context(mode="file", project_root_dir=str(stage))
     result = context.checkpoints.get(checkpoint).run(
         batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}
     )
@@ -192,7 +193,9 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
                 gate.unexpected_index[label] = list(res["unexpected_index_list"])
             (gate.failures if entry["severity"] == "hard" else gate.warnings).append(entry)
     gate.success = not gate.failures
-    gate.docs_path = _offline_docs(workdir / "gx" / "uncommitted" / "data_docs" / "local_site")
+    docs = _offline_docs(stage / "gx" / "uncommitted" / "data_docs" / "local_site")
+    replace_dir(stage, workdir)
+    gate.docs_path = str(workdir / Path(docs).relative_to(stage)) if docs else ""
     gate.seconds = round(time.perf_counter() - started, 3)
     gate.result_path = str(report_dir / f"{name}.validation.json")
     write_json(Path(gate.result_path), {

@@ -11,14 +11,23 @@ Layout under the root (see README)::
     reports/dt=YYYY-MM-DD/...                validation results, metrics, data docs
     topn/CURRENT.json                        the published pointer readers follow
 
-Every partition is written to a staging directory next to its target and renamed into place,
-so a partition is either absent or complete. Each carries ``_manifest.json``.
+Every partition is written to a staging directory next to its target, flushed to disk
+(``fsync`` of its files and of the parent directory) and renamed into place, so a partition is
+either absent or complete, also after a power loss. Each carries ``_manifest.json``. A staging
+directory names the host and process that writes it, so the one a killed run left behind is
+recognised (its process is gone) and swept by the next writer of that date.
+
+A top-N version is published only after its gate passed: ``validate_topn`` records its verdict
+in the version (``_gate.json``, bound to the manifest it checked), and the pointer can only be
+moved to a version whose verdict passed and still matches (``Storage.gated_version``).
 """
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -32,22 +41,32 @@ import pyarrow.parquet as pq
 
 from nightly_topn import __version__
 from nightly_topn.config import storage_root
+from nightly_topn.errors import ConfigError, MissingPartition, PublishRefused
 
 KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "reports", "alerts")
 MANIFEST = "_manifest.json"
 POINTER = "CURRENT.json"
+#: The top-N gate's verdict on one version, written into the version it checked.
+VERDICT = "_gate.json"
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+#: This host, as it appears in the names of staging directories (no dashes: they separate fields).
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname()) or "host"
 
 
 def as_date(value: str | dt.date | dt.datetime) -> dt.date:
-    """Parse ``YYYY-MM-DD`` (or pass through a date) into a ``datetime.date``."""
+    """Parse exactly ``YYYY-MM-DD`` (or pass through a date) into a ``datetime.date``; anything
+    else (``2024-03-01x``, ``2024-02-30``, ``../x``) is a ``ConfigError`` naming the value."""
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, dt.date):
         return value
+    text = str(value)
+    if not _DATE.fullmatch(text):
+        raise ConfigError(f"date {text!r} refused: expected YYYY-MM-DD")
     try:
-        return dt.date.fromisoformat(str(value)[:10])
+        return dt.date.fromisoformat(text)
     except ValueError as exc:
-        raise ValueError(f"not a date (expected YYYY-MM-DD): {value!r}") from exc
+        raise ConfigError(f"date {text!r} refused: not a calendar day ({exc})") from None
 
 
 @dataclass(frozen=True)
@@ -73,7 +92,7 @@ class Storage:
             return []
         found = []
         for child in base.iterdir():
-            if child.name.startswith("dt=") and (child / MANIFEST).is_file():
+            if child.name.startswith("dt=") and _DATE.fullmatch(child.name[3:]) and (child / MANIFEST).is_file():
                 found.append(as_date(child.name[3:]))
         return sorted(found)
 
@@ -92,14 +111,39 @@ class Storage:
         On error the staging directory is removed and ``target`` is left untouched.
         """
         target.parent.mkdir(parents=True, exist_ok=True)
-        stage = target.parent / f".staging-{target.name}-{uuid.uuid4().hex[:8]}"
+        stage = target.parent / f".staging-{target.name}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         stage.mkdir()
         try:
             yield stage
+            fsync_tree(stage)
         except BaseException:
             shutil.rmtree(stage, ignore_errors=True)
             raise
         replace_dir(stage, target)
+
+    def sweep_stale(self, date) -> list[Path]:
+        """Remove what killed writers of ``date`` left behind: staging and trash directories and
+        temporary JSON files whose writing process (on this host) no longer runs. Returns them."""
+        import psutil
+
+        day = f"dt={as_date(date).isoformat()}"
+        places = [self.root / kind for kind in KINDS] + [self.root / kind / day for kind in KINDS]
+        removed = []
+        for place in places:
+            if not place.is_dir():
+                continue
+            for child in place.iterdir():
+                owner = _LEFTOVER.fullmatch(child.name)
+                if owner is None or (place.name != day and owner["name"] != day):
+                    continue
+                if owner["host"] != _HOST or psutil.pid_exists(int(owner["pid"])):
+                    continue  # another machine's, or its writer still runs
+                if child.is_dir():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+                removed.append(child)
+        return removed
 
     def write_manifest(self, directory: Path, *, producer: str, date, inputs=(), tables=None, extra=None):
         """Describe a partition: what made it, from what, and what it holds (rows and schema)."""
@@ -132,13 +176,84 @@ class Storage:
             return None
         return json.loads(path.read_text())
 
+    # -- top-N versions and the gate's verdict ---------------------------------------------
+    def versions(self, date) -> list[Path]:
+        """Complete (manifested) top-N versions of ``date``, oldest first."""
+        base = self.partition("topn", date)
+        if not base.is_dir():
+            return []
+        return sorted(p for p in base.glob("v=*") if (p / MANIFEST).is_file())
+
+    def newest_version(self, date) -> Path:
+        versions = self.versions(date)
+        if not versions:
+            raise MissingPartition(f"no complete top-N version for {as_date(date)} under "
+                                   f"{self.partition('topn', date)}; run topn first")
+        return versions[-1]
+
+    def version(self, date, path: str | os.PathLike) -> Path:
+        """The version directory ``path`` (absolute, or relative to the root) of ``date``; refuses
+        a path outside ``topn/dt=D/`` or one that is not a complete version."""
+        resolved = self.inside(path)
+        if resolved.parent != self.partition("topn", date) or not resolved.name.startswith("v="):
+            raise ConfigError(f"version {str(path)!r} is not a top-N version of {as_date(date)} "
+                              f"(expected {self.partition('topn', date)}/v=...)")
+        if not (resolved / MANIFEST).is_file():
+            raise MissingPartition(f"top-N version {resolved} is missing or incomplete (no {MANIFEST})")
+        return resolved
+
+    def record_verdict(self, version: Path, *, passed: bool, result: str, reason: str = "") -> dict:
+        """Write the top-N gate's verdict into ``version``, bound to the manifest it checked."""
+        verdict = {"passed": passed, "manifest_sha256": _sha256(version / MANIFEST), "result": result,
+                   "reason": reason[:2000],
+                   "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        write_json(version / VERDICT, verdict)
+        return verdict
+
+    def verdict_problem(self, version: Path) -> str | None:
+        """Why ``version`` may not be published (no verdict, failed, changed since), or None."""
+        path = version / VERDICT
+        if not path.is_file():
+            return f"{version} was never checked by validate_topn"
+        try:
+            verdict = read_json(path)
+        except ValueError:
+            return f"{path} is not valid JSON"
+        if not verdict.get("passed"):
+            return f"{version} failed validate_topn: {verdict.get('reason', '')}".split("\n")[0]
+        if verdict.get("manifest_sha256") != _sha256(version / MANIFEST):
+            return f"{version} changed after validate_topn checked it"
+        missing = [f for f in read_json(version / MANIFEST).get("files", []) if not (version / f).is_file()]
+        if missing:
+            return f"{version} lost {len(missing)} part file(s) after it was checked, e.g. {missing[0]}"
+        return None
+
+    def newest_gated_version(self, date) -> Path:
+        """The newest version of ``date`` that its gate passed (what ``lookup --date`` reads)."""
+        for version in reversed(self.versions(date)):
+            if self.verdict_problem(version) is None:
+                return version
+        raise MissingPartition(f"no top-N version of {as_date(date)} passed validate_topn "
+                               f"(under {self.partition('topn', date)})")
+
+    def gated_version(self, date, path: str | os.PathLike | None = None) -> Path:
+        """The version to publish: ``path`` when given, else the newest complete version of
+        ``date``; refused (``PublishRefused``) unless the gate passed exactly that version."""
+        version = self.version(date, path) if path else self.newest_version(date)
+        problem = self.verdict_problem(version)
+        if problem:
+            raise PublishRefused(f"not publishing: {problem}; run validate_topn on it (or topn again)")
+        return version
+
     def publish(self, date, version_dir: Path, *, allow_older: bool = False, extra=None) -> dict:
         """Switch the pointer to ``version_dir`` (atomic rename of the pointer file).
 
-        Refuses to move the pointer to an older date than the live one unless ``allow_older``,
-        so a backfill of history does not replace today's lists with last month's.
+        Refuses a version the gate did not pass (``gated_version``). Refuses to move the pointer
+        to an older date than the live one unless ``allow_older``, so a backfill of history does
+        not replace today's lists with last month's.
         """
         date = as_date(date)
+        version_dir = self.gated_version(date, version_dir)
         current = self.published()
         if current and as_date(current["date"]) > date and not allow_older:
             return {**current, "kept": True, "reason": f"live date {current['date']} is newer than {date}"}
@@ -152,27 +267,70 @@ class Storage:
         return pointer
 
 
+#: Names of what a writer leaves while it works: ``.staging-NAME-HOST-PID-ID``, ``.trash-...``, ``.NAME.HOST-PID-ID.tmp``.
+_LEFTOVER = re.compile(r"\.(?:staging-|trash-|)(?P<name>.+)[-.](?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}(?:\.tmp)?")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(directory: Path) -> None:
+    """Flush every file under ``directory`` and the directories themselves to disk."""
+    for dirpath, _, files in os.walk(directory):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
 def replace_dir(stage: Path, target: Path) -> None:
     """Atomically move ``stage`` to ``target``, replacing a previous ``target`` if any."""
     if target.exists():
-        trash = target.parent / f".trash-{target.name}-{uuid.uuid4().hex[:8]}"
+        trash = target.parent / f".trash-{target.name}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(target, trash)
         os.replace(stage, target)
+        _fsync_dir(target.parent)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(stage, target)
+        _fsync_dir(target.parent)
 
 
 def write_json(path: Path, payload) -> None:
-    """Write JSON atomically (temp file + rename)."""
+    """Write JSON atomically and durably (temp file, fsync, rename, fsync of the directory), so
+    a crash or power loss leaves the old file or the new one, never an empty or partial one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    data = (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    """Read a JSON file; a missing file is ``MissingPartition``, a corrupt one ``ValueError``, both naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MissingPartition(f"{path} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
 
 
 def write_table(table: pa.Table, path: Path, **kwargs) -> None:

@@ -304,9 +304,11 @@ def threads_per_worker(options: PipelineOptions, requested: int = 0) -> int:
 
     from nightly_topn.scoring import available_cores
 
+    from nightly_topn.config import LOCAL_RUNNERS
+
     runner = (options.view_as(StandardOptions).runner or "DirectRunner")
-    runner = runner if isinstance(runner, str) else type(runner).__name__
-    if runner not in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+    runner = (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
+    if runner not in LOCAL_RUNNERS:
         return 0
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode in ("multi_processing", "multi_threading"):

@@ -26,16 +26,13 @@ def root(tmp_path, monkeypatch) -> Path:
 def run_day(date, root, *, source=SMALL_SOURCE, until="publish", **overrides):
     """Run the jobs of one day in order up to and including ``until``; returns each job's result."""
     from nightly_topn.config import RunParams
-    from nightly_topn.jobs import steps
+    from nightly_topn.jobs import run_day as run_jobs
 
     # ALS unless a test asks otherwise: these tests are about the jobs, not model selection.
     params = RunParams.from_mapping({"train_window_days": SMALL_WINDOW, "top_n": 10, "model": "als", **overrides})
     results = {}
-    for name, job in steps():
-        kwargs = {"root": root, "params": params}
-        if name == "ingest":
-            kwargs["source"] = source
-        results[name] = job(date, **kwargs)
+    for name, result in run_jobs(date, root=root, source=source, params=params):
+        results[name] = result
         if name == until:
             break
     return results

@@ -94,7 +94,7 @@ def test_quality_gate_failure_blocks_publishing(tmp_path):
     run_day(DATE, root)
     live = Storage.at(root).published()
     with pytest.raises(QualityGateFailed, match="does not beat popularity"):
-        run_day("2024-03-02", root, min_lift_over_popularity=100.0)
+        run_day("2024-03-02", root, min_lift_over_popularity=10.0)
     assert Storage.at(root).published() == live
 
 
@@ -133,9 +133,12 @@ def test_dry_run_computes_but_does_not_publish(tmp_path):
 
 def test_rerun_of_a_date_gives_identical_lists(day):
     root, _ = day
+    from nightly_topn.jobs.validate import validate_topn
+
     before = read_lists(root)
-    topn(DATE, root=root, params=PARAMS)
-    publish(DATE, root=root, params=PARAMS)
+    version = topn(DATE, root=root, params=PARAMS)["path"]
+    validate_topn(DATE, root=root, params=PARAMS, version=version)
+    publish(DATE, root=root, params=PARAMS, version=version)
     after = read_lists(root)
     assert after.equals(before)
     assert Storage.at(root).published()["path"].endswith(sorted(Storage.at(root).partition("topn", DATE).glob("v=*"))[-1].name)

@@ -145,8 +145,13 @@ def test_multi_process_runner_output_is_identical(root, single):
 
     from nightly_topn.jobs.topn import topn
 
-    multi = topn(DATE, root=root, params=PARAMS, beam_args=[
-        "--runner=DirectRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=2", *SMALL])
+    import dataclasses
+
+    # the run's bounded knobs (trigger form / CLI), on the default local runner
+    params = dataclasses.replace(PARAMS, beam_running_mode="multi_processing", beam_workers=2)
+    multi = topn(DATE, root=root, params=params, beam_args=SMALL)
+    assert {"--direct_running_mode=multi_processing", "--direct_num_workers=2"} <= set(
+        json.loads((Path(multi["path"]) / "_manifest.json").read_text())["beam_args"])
     files_a, a = read_version(Path(single["path"]))
     files_b, b = read_version(Path(multi["path"]))
     assert files_a["files"] == files_b["files"]
@@ -225,8 +230,8 @@ def test_remote_model_dirs_are_copied_locally(root, monkeypatch):
 
 
 def test_deployment_and_run_beam_flags_reach_the_pipeline(root, monkeypatch):
-    """$NIGHTLY_TOPN_BEAM_ARGS (the deployment's runner) + the run's ``beam_args`` Param + explicit
-    flags, later ones winning: how a DAG run is pointed at another runner without code changes."""
+    """$NIGHTLY_TOPN_BEAM_ARGS (the deployment's runner) + flags given by code + the run's bounded
+    knobs, later ones winning: how a DAG run is pointed at another runner without code changes."""
     import dataclasses
     from pathlib import Path
 
@@ -234,13 +239,73 @@ def test_deployment_and_run_beam_flags_reach_the_pipeline(root, monkeypatch):
     from nightly_topn.jobs.topn import topn
 
     monkeypatch.setenv(config.BEAM_ARGS_ENV, "--direct_running_mode=multi_threading --direct_num_workers=2 --range_size=999")
-    assert config.beam_args("--range_size=250", ["--row_group_size=64"]) == [
+    assert config.deployment_beam_args("--range_size=250", ["--row_group_size=64"]) == [
         "--direct_running_mode=multi_threading", "--direct_num_workers=2", "--range_size=999", "--range_size=250",
         "--row_group_size=64"]
-    params = dataclasses.replace(PARAMS, beam_args="--range_size=250")
-    result = topn(DATE, root=root, params=params, beam_args=["--row_group_size=64"])
+    params = dataclasses.replace(PARAMS, beam_workers=1)
+    result = topn(DATE, root=root, params=params, beam_args=["--range_size=250", "--row_group_size=64"])
     manifest, table = read_version(Path(result["path"]))
-    assert manifest["beam_args"][0] == "--runner=DirectRunner"
+    assert manifest["beam_args"][0] == "--runner=FnApiRunner"
+    assert manifest["beam_args"][-1] == "--direct_num_workers=1"  # the run's knob comes last
     assert "--direct_running_mode=multi_threading" in manifest["beam_args"]
-    assert len(manifest["files"]) == -(-table.num_rows // 250)  # the run's flag beat the deployment's
+    assert len(manifest["files"]) == -(-table.num_rows // 250)  # the code's flag beat the deployment's
     assert all(pq.read_metadata(Path(result["path"]) / f).row_group(0).num_rows <= 64 for f in manifest["files"])
+
+
+@pytest.mark.parametrize("flag", ["--output=/tmp/elsewhere", "--model=/tmp/any-model", "--features /x",
+                                  "--top_n=100000", "--logical-date=2020-01-01"])
+def test_no_flag_may_replace_a_path_or_identity_the_job_sets(root, monkeypatch, flag):
+    from nightly_topn import config
+    from nightly_topn.errors import ConfigError
+    from nightly_topn.jobs.topn import topn
+
+    name = flag[2:].split("=")[0].split()[0].replace("-", "_")
+    with pytest.raises(ConfigError, match=f"Beam flag --{name} is set by the top-N job itself"):
+        topn(DATE, root=root, params=PARAMS, beam_args=flag.split())
+    monkeypatch.setenv(config.BEAM_ARGS_ENV, flag)
+    with pytest.raises(ConfigError, match=f"--{name}"):
+        topn(DATE, root=root, params=PARAMS)
+    assert not list(Storage.at(root).partition("topn", DATE).glob(".staging-*"))
+
+
+def test_run_knobs_are_bounded_by_the_machine_and_the_deployments_runner(root, monkeypatch):
+    import dataclasses
+
+    from nightly_topn import config
+    from nightly_topn.errors import ConfigError
+    from nightly_topn.jobs.topn import topn
+
+    monkeypatch.setenv(config.MAX_BEAM_WORKERS_ENV, "2")
+    with pytest.raises(ConfigError, match="beam_workers=3 is above this worker's limit of 2"):
+        topn(DATE, root=root, params=dataclasses.replace(PARAMS, beam_workers=3))
+    with pytest.raises(ValueError, match="beam_workers"):
+        dataclasses.replace(PARAMS, beam_workers=65)  # above the form's own bound
+    monkeypatch.setenv(config.BEAM_ARGS_ENV, "--runner=FlinkRunner --flink_master=localhost:8081")
+    with pytest.raises(ConfigError, match="apply to a local runner only; .* runs on FlinkRunner"):
+        topn(DATE, root=root, params=dataclasses.replace(PARAMS, beam_running_mode="multi_processing"))
+
+
+def test_the_default_runner_downloads_nothing(root, monkeypatch):
+    """Beam's DirectRunner first tries to fetch the Prism binary from the internet; the default
+    runner of the top-N step must never try (nor start Prism)."""
+    import urllib.request
+    from pathlib import Path
+
+    from apache_beam.runners.portability import prism_runner
+
+    from nightly_topn.jobs.topn import topn
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:1])
+        raise AssertionError(f"download attempted: {args[:1]}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(urllib.request, "urlretrieve", refuse)
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse)
+    monkeypatch.setattr(prism_runner.PrismJobServer, "local_bin", refuse)
+    monkeypatch.setattr(prism_runner, "urlopen", refuse)
+    result = topn(DATE, root=root, params=PARAMS, beam_args=SMALL)
+    assert attempts == []
+    assert read_version(Path(result["path"]))[1].num_rows == result["rows"]

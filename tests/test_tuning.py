@@ -106,7 +106,7 @@ def test_gate_failure_keeps_live_lists_and_alerts(nightly):
     root, _ = nightly
     store = Storage.at(root)
     with pytest.raises(QualityGateFailed, match="keeping the live lists"):
-        run_day(NEXT, root, tuning_budget_seconds=5, min_lift_over_popularity=100.0)
+        run_day(NEXT, root, tuning_budget_seconds=5, min_lift_over_popularity=10.0)
     evaluation = json.loads((store.partition("reports", NEXT) / "evaluation.json").read_text())
     assert not evaluation["gate"]["passed"]
     assert evaluation["champion"]["date"] == DATE  # the live run was compared against
