@@ -217,7 +217,7 @@ def task_naive(args):
     out_dir = Path(args.root) / "naive_out"
     out_dir.mkdir(exist_ok=True)
     schema = pa.schema(list(schemas.TOPN))  # no metadata
-    options = PipelineOptions(["--runner=DirectRunner", *args.beam])
+    options = PipelineOptions(["--runner=FnApiRunner", *args.beam])  # never downloads Prism
     started = time.perf_counter()
     with beam.Pipeline(options=options) as pipeline:
         (pipeline

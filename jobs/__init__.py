@@ -47,7 +47,7 @@ def run_job(name: str, date, *, root=None, params=None, run_id: str | None = Non
         return job(date, root=root, params=params, **kwargs)
 
 
-def run_day(date, *, root=None, source=None, params=None, run_id: str | None = None, beam_args=None):
+def run_day(date, *, root=None, source=None, params=None, run_id: str | None = None):
     """Run every job of ``date`` in order as one run; yields ``(name, result)`` after each."""
     from nightly_topn.config import RunParams
 
@@ -59,8 +59,6 @@ def run_day(date, *, root=None, source=None, params=None, run_id: str | None = N
         kwargs = {}
         if name == "ingest":
             kwargs["source"] = source
-        if name == "topn" and beam_args:
-            kwargs["beam_args"] = beam_args
         if name in ("validate_topn", "publish"):
             kwargs["version"] = version
         result = run_job(name, date, root=root, params=params, run_id=run_id, **kwargs)

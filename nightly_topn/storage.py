@@ -100,7 +100,7 @@ class Storage:
         """Resolve ``path`` relative to the root and refuse anything that escapes it."""
         resolved = (self.root / path).resolve()
         if resolved != self.root and self.root not in resolved.parents:
-            raise ValueError(f"path {str(path)!r} escapes the storage root {self.root}")
+            raise ConfigError(f"path {str(path)!r} escapes the storage root {self.root}")
         return resolved
 
     # -- atomic writes -----------------------------------------------------------------------
