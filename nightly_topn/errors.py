@@ -8,6 +8,14 @@ before this hierarchy existed (``ValueError``, ``FileNotFoundError``), so nothin
 from __future__ import annotations
 
 
+def cause_of(exc: BaseException) -> str:
+    """``module.Type: first line of the message`` of ``exc``, for the end of a one-line error."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    text = str(exc).strip().splitlines()
+    return f"{name}: {text[0][:200]}" if text else name
+
+
 class NightlyTopNError(Exception):
     """Base class: an expected failure with a message meant for a person."""
 

@@ -12,45 +12,90 @@ from __future__ import annotations
 
 import bisect
 import json
+import re
 from collections import OrderedDict
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
+from nightly_topn.errors import BadInput, MissingPartition, NightlyTopNError, cause_of
+from nightly_topn.storage import MANIFEST, POINTER, Storage, as_date, read_json
 
 INDEX_FILE = "_index.parquet"
+#: What reading a part file or the sidecar raises when the file is gone, truncated or not Parquet.
+_PART_ERRORS = (OSError, pa.ArrowException, ValueError, KeyError, IndexError)
+
+
+def _pointer_naming(directory: Path) -> Path | None:
+    """The published pointer ``topn/CURRENT.json`` of the storage root ``directory`` lives under
+    (``<root>/topn/dt=D/v=V``) if it names ``directory``, else None."""
+    directory = Path(directory).absolute()
+    if directory.parent.parent.name != "topn":
+        return None
+    root = directory.parent.parent.parent
+    pointer = root / "topn" / POINTER
+    try:
+        named = json.loads(pointer.read_text())["path"]
+        return pointer if (root / named).resolve() == directory.resolve() else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 class TopNReader:
     def __init__(self, directory: str | Path, *, cache_row_groups: int = 16):
+        """Open the version ``directory``: its manifest, its ``_index.parquet`` sidecar and the
+        part files they name must all be there (``MissingPartition`` naming what is not, and the
+        published pointer when it names this version); a corrupt manifest or sidecar is ``BadInput``."""
         self.directory = Path(directory)
-        manifest = read_json(self.directory / MANIFEST)
-        self.files: list[str] = list(manifest["files"])
+        if not self.directory.is_dir():
+            raise self._missing(f"top-N version {self.directory} does not exist")
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise self._missing(f"top-N version {self.directory} is incomplete: {manifest_path} is missing")
+        try:
+            manifest = read_json(manifest_path)
+            self.files: list[str] = [str(f) for f in manifest["files"]]
+        except MissingPartition:
+            raise self._missing(f"top-N version {self.directory} is incomplete: {manifest_path} is missing") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadInput(f"top-N version {self.directory}: manifest {manifest_path} is unreadable "
+                           f"({cause_of(exc)})") from exc
+        sidecar = self.directory / str(manifest.get("index") or INDEX_FILE)
+        no_sidecar = f"top-N version {self.directory} is incomplete: its index sidecar {sidecar} is missing"
+        if not sidecar.is_file():
+            raise self._missing(no_sidecar)
         # (min id, max id, file, row group), sorted by min id.
-        self.index: list[tuple[str, str, Path, int]] = []
-        sidecar = manifest.get("index")
-        if sidecar and (self.directory / sidecar).is_file():
-            table = pq.read_table(self.directory / sidecar, columns=["min_user_id", "max_user_id", "file", "row_group"])
-            cols = [table.column(c).to_pylist() for c in ("min_user_id", "max_user_id", "file", "row_group")]
-            self.index = [(lo, hi, self.directory / f, rg) for lo, hi, f, rg in zip(*cols)]
-        else:  # versions written before the sidecar existed: read every footer's statistics
-            for name in self.files:
-                meta = pq.read_metadata(self.directory / name)
-                for rg in range(meta.num_row_groups):
-                    stats = meta.row_group(rg).column(0).statistics
-                    self.index.append((stats.min, stats.max, self.directory / name, rg))
-        self.index.sort()
+        columns = ["min_user_id", "max_user_id", "file", "row_group"]
+        try:
+            table = pq.read_table(sidecar, columns=columns)
+            cols = [table.column(c).to_pylist() for c in columns]
+        except FileNotFoundError:
+            raise self._missing(no_sidecar) from None
+        except _PART_ERRORS as exc:
+            raise BadInput(f"cannot read index sidecar {sidecar}: corrupt or not a top-N index "
+                           f"({cause_of(exc)})") from exc
+        self.index: list[tuple[str, str, Path, int]] = sorted(
+            (lo, hi, self.directory / f, rg) for lo, hi, f, rg in zip(*cols))
+        parts = list(dict.fromkeys([*self.files, *cols[2]]))  # the manifest's and any the sidecar names
+        missing = [name for name in parts if not (self.directory / name).is_file()]
+        if missing:
+            raise self._missing(f"top-N version {self.directory} is incomplete: part file "
+                                f"{self.directory / missing[0]} is missing ({len(missing)} of {len(parts)} missing)")
         self._mins = [entry[0] for entry in self.index]
         self._files: dict[Path, pq.ParquetFile] = {}
         self._groups: OrderedDict = OrderedDict()  # small LRU of decoded row groups
         self._cache_size = cache_row_groups
 
+    def _missing(self, problem: str) -> MissingPartition:
+        """``MissingPartition`` for ``problem``, saying so when the published pointer names this version."""
+        pointer = _pointer_naming(self.directory)
+        return MissingPartition(f"{problem}; the published pointer {pointer} names it" if pointer else problem)
+
     @classmethod
     def published(cls, root=None, date=None) -> "TopNReader":
         """The live lists, or those of ``date`` (its newest version that passed the top-N gate)."""
-        from nightly_topn.errors import MissingPartition
 
         store = Storage.at(root)
         if date is None:
@@ -66,16 +111,27 @@ class TopNReader:
         if group is not None:
             self._groups.move_to_end(key)
             return group
-        handle = self._files.get(path)
-        if handle is None:
-            handle = self._files[path] = pq.ParquetFile(path, memory_map=True)
-        # One thread: decoding ~100 rows is faster than handing it to a pool, and a lookup service
-        # should not wait on pool threads that a busy machine may not schedule (tail latency).
-        group = handle.read_row_group(rg, use_threads=False)
+        try:
+            handle = self._files.get(path)
+            if handle is None:
+                handle = self._files[path] = pq.ParquetFile(path, memory_map=True)
+            # One thread: decoding ~100 rows is faster than handing it to a pool, and a lookup service
+            # should not wait on pool threads that a busy machine may not schedule (tail latency).
+            group = handle.read_row_group(rg, use_threads=False)
+            group.column("user_id")
+        except _PART_ERRORS as exc:
+            raise self._part_error(path, exc) from exc
         self._groups[key] = group
         if len(self._groups) > self._cache_size:
             self._groups.popitem(last=False)
         return group
+
+    def _part_error(self, path: Path, exc: Exception) -> NightlyTopNError:
+        """The one-line error for a part file that vanished (``MissingPartition``) or that cannot
+        be decoded (``BadInput``), both naming the file."""
+        if isinstance(exc, FileNotFoundError):
+            return self._missing(f"part file {path} of top-N version {self.directory} is missing")
+        return BadInput(f"cannot read part file {path}: corrupt or not a top-N Parquet file ({cause_of(exc)})")
 
     def get(self, user_id: str) -> dict | None:
         """The user's row (item_ids, scores, source, model_version, logical_date), or None."""
@@ -94,9 +150,19 @@ class TopNReader:
     def export(self, out, *, fmt: str = "jsonl", batch_rows: int = 8192) -> int:
         """Write every user's list to ``out`` (a path or text stream) for bulk-loading a KV store.
 
-        ``jsonl``: ``{"key": user_id, "value": {...row...}}`` per line; ``tsv``: ``user_id<TAB>json``.
+        ``jsonl``: ``{"key": user_id, "value": {...row...}}`` per line; ``tsv``: ``key<TAB>json``.
         Users come out in id order (files and rows are sorted). Scores are written as the
         shortest decimal that reads back as the same float32. Returns the number of users.
+
+        The TSV key is the raw user id unless the id contains a double quote, a backslash, a
+        control character (U+0000-U+001F, U+007F-U+009F) or U+2028/U+2029; such an id is written
+        as a JSON string (ASCII-only, so a line never holds a raw tab or line break but the
+        separators). A raw key therefore never starts with ``"`` and an encoded one always does;
+        a reader splits each line on its first tab and decodes the key::
+
+            key, value = line.rstrip("\\n").split("\\t", 1)
+            user_id = json.loads(key) if key.startswith('"') else key
+            row = json.loads(value)
         """
         if fmt not in ("jsonl", "tsv"):
             raise ValueError(f"unknown export format {fmt!r} (jsonl or tsv)")
@@ -104,7 +170,7 @@ class TopNReader:
         written = 0
         try:
             for name in sorted(self.files):
-                for batch in pq.ParquetFile(self.directory / name).iter_batches(batch_size=batch_rows):
+                for batch in self._batches(self.directory / name, batch_rows):
                     stream.write(export_lines(batch, fmt))
                     written += batch.num_rows
         finally:
@@ -112,16 +178,24 @@ class TopNReader:
                 stream.close()
         return written
 
+    def _batches(self, path: Path, batch_rows: int):
+        """The record batches of one part file; a vanished or undecodable file is one-line error."""
+        try:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+        except _PART_ERRORS as exc:
+            raise self._part_error(path, exc) from exc
 
-#: Characters that a JSON string must escape; ids without them are written by Arrow as they are.
-_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+#: Characters a JSON string must escape, plus C1 controls and U+2028/U+2029 (line breaks to some
+#: readers): a batch without them anywhere is written by Arrow as it is; a TSV key with one is
+#: written as a JSON string (see ``TopNReader.export``).
+_NEEDS_ESCAPE = r'["\\\x00-\x1f\x7f-\x9f\x{2028}\x{2029}]'
+_NEEDS_ESCAPE_PY = re.compile(r'["\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
 
 
 def export_lines(batch, fmt: str = "jsonl") -> str:
     """The export lines of a top-N record batch, built column by column by Arrow (no Python per
     row); batches with ids that need JSON escaping or non-finite scores go through ``json``."""
-    import pyarrow as pa
-
     join = pc.binary_join_element_wise
     strings = [batch.column(c) for c in ("user_id", "source", "model_version")]
     strings.append(pc.list_flatten(batch.column("item_ids")))
@@ -151,7 +225,10 @@ def _json_lines(rows: list[dict], fmt: str) -> str:
         row["scores"] = [float(str(np.float32(s))) for s in row["scores"]]  # shortest digits, as the Arrow path
         key = row.pop("user_id")
         value = json.dumps(row, separators=(",", ":"))
-        out.append(f'{{"key":{json.dumps(key)},"value":{value}}}' if fmt == "jsonl" else f"{key}\t{value}")
+        if fmt == "jsonl":
+            out.append(f'{{"key":{json.dumps(key)},"value":{value}}}')
+        else:  # the TSV key rule of ``TopNReader.export``: raw, or a JSON string when it needs escaping
+            out.append(f"{json.dumps(key) if _NEEDS_ESCAPE_PY.search(key) else key}\t{value}")
     return "".join(line + "\n" for line in out)
 
 

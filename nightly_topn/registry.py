@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 from nightly_topn import __version__
+from nightly_topn.errors import BadInput
 from nightly_topn.storage import Storage, as_date, read_json, write_json
 
 REGISTRY_FILE = "registry.json"
@@ -41,18 +42,31 @@ def code_version() -> str:
     return f"{__version__}+g{commit}{'.dirty' if dirty else ''}"
 
 
+def _read(path: Path) -> dict:
+    """A registry file; a corrupt one is ``BadInput`` naming it (``read_json`` already names it)."""
+    try:
+        record = read_json(path)
+    except BadInput:
+        raise
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    if not isinstance(record, dict):
+        raise BadInput(f"{path} is not a JSON object (a {type(record).__name__})")
+    return record
+
+
 def write_run(directory: Path, record: dict) -> None:
     write_json(Path(directory) / REGISTRY_FILE, record)
 
 
 def read_run(store: Storage, date) -> dict | None:
     path = store.partition("models", date) / REGISTRY_FILE
-    return read_json(path) if path.is_file() else None
+    return _read(path) if path.is_file() else None
 
 
 def model_info(store: Storage, date) -> dict | None:
     path = store.partition("models", date) / INFO_FILE
-    return read_json(path) if path.is_file() else None
+    return _read(path) if path.is_file() else None
 
 
 def champion(store: Storage, before=None) -> dict | None:
@@ -87,7 +101,7 @@ def history(store: Storage, until, n: int = 30) -> list[dict]:
             continue
         path = child / "evaluation.json"
         if day <= until and path.is_file():
-            out.append(read_json(path))
+            out.append(_read(path))
     return out[-n:]
 
 

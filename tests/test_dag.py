@@ -113,7 +113,7 @@ def test_every_param_is_typed_bounded_and_described(dag):
 @pytest.mark.parametrize("name, value", [
     ("top_n", 0), ("top_n", 100000), ("top_n", "ten"), ("train_window_days", -1), ("holdout_quantile", 1.5),
     ("model", "no-such-model"), ("date", "../../etc/passwd"), ("date", "2024-13-45"), ("date", "yesterday"),
-    ("publish", "maybe"), ("factors", 1), ("seed", -1),
+    ("publish", "maybe"), ("factors", 1), ("seed", -1), ("beam_workers", 65), ("beam_running_mode", "spark"),
 ])
 def test_invalid_values_are_refused_with_a_message_naming_the_param(dag, name, value):
     from airflow.sdk.definitions.param import ParamsDict
@@ -124,6 +124,17 @@ def test_invalid_values_are_refused_with_a_message_naming_the_param(dag, name, v
         params[name] = value  # Airflow validates on assignment (and again on trigger)
         params.validate()
     assert name in str(caught.value)
+
+
+def test_no_param_is_free_text(dag):
+    """A trigger-form user cannot name a path or a Beam flag: every text Param is a choice list or a
+    pattern-checked date, and no Param is an open list of flags."""
+    for name in dag.params:
+        schema = dag.params.get_param(name).schema
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if "string" in types:
+            assert schema.get("enum") or schema.get("pattern"), name
+    assert "beam_args" not in dag.params
 
 
 def test_valid_non_default_values_pass(dag):

@@ -22,13 +22,15 @@ def published(tmp_path_factory):
     from nightly_topn.jobs.publish import publish
     from nightly_topn.jobs.topn import topn
     from nightly_topn.jobs.train import train
+    from nightly_topn.jobs.validate import validate_topn
 
     root = tmp_path_factory.mktemp("lookup_root")
     ingest(DATE, root=root, source="generated", params=PARAMS)
     preprocess(DATE, root=root, params=PARAMS)
     train(DATE, root=root, params=PARAMS)
     result = topn(DATE, root=root, params=PARAMS, beam_args=["--range_size=300", "--row_group_size=32"])
-    publish(DATE, root=root, params=PARAMS)
+    validate_topn(DATE, root=root, params=PARAMS, version=result["path"])  # publish takes only a gated version
+    publish(DATE, root=root, params=PARAMS, version=result["path"])
     manifest = json.loads((Storage.at(root).root / result["path"] / "_manifest.json").read_text())
     table = pa.concat_tables(pq.read_table(f"{result['path']}/{f}") for f in manifest["files"])
     return root, result["path"], table
@@ -57,20 +59,129 @@ def test_missing_users_return_none(published):
     assert between not in ids and reader.get(between) is None
 
 
-def test_reader_uses_the_sidecar_and_works_without_it(published, tmp_path):
-    _, path, table = published
+def test_reader_uses_the_sidecar(published):
+    _, path, _ = published
     reader = TopNReader(path)
     assert len(reader.index) == pq.read_metadata(f"{path}/_index.parquet").num_rows > len(reader.files)
+
+
+# -- a deleted, half-deleted or corrupt version: one line naming the path, never a traceback ----------
+@pytest.fixture
+def live_copy(published, tmp_path):
+    """A storage root of its own holding a copy of the published pointer and live version
+    (the pointer names the version relative to the root), to break without harming the others."""
+    root, path, table = published
+    store = Storage.at(root)
+    copy = tmp_path / "root"
+    shutil.copytree(store.root / "topn", copy / "topn")
+    live = Storage.at(copy)
+    version = live.root / live.published()["path"]
+    assert version.is_dir() and lookup(table.column("user_id")[0].as_py(), root=copy) is not None
+    return live, version, table
+
+
+def _one_line(info) -> str:
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_deleted_live_version_is_missing_partition_naming_it_and_the_pointer(live_copy):
+    from nightly_topn.errors import MissingPartition
+
+    store, version, _ = live_copy
+    shutil.rmtree(version)
+    with pytest.raises(MissingPartition) as info:
+        lookup("u1", root=store.root)
+    assert _one_line(info) == (f"top-N version {version} does not exist; "
+                               f"the published pointer {store.root / 'topn' / 'CURRENT.json'} names it")
+    assert isinstance(info.value, FileNotFoundError)  # what callers caught before the hierarchy
+    with pytest.raises(MissingPartition, match="does not exist; the published pointer"):
+        TopNReader.published(store.root)
+    with pytest.raises(MissingPartition, match="does not exist; the published pointer"):
+        export(store.root / "out.jsonl", root=store.root)
+
+
+@pytest.mark.parametrize("what", ["manifest", "sidecar", "part", "all parts"])
+def test_half_deleted_live_version_names_what_is_missing(live_copy, what):
+    from nightly_topn.errors import MissingPartition
+
+    store, version, _ = live_copy
+    parts = json.loads((version / "_manifest.json").read_text())["files"]
+    assert len(parts) > 1
+    gone = {"manifest": [version / "_manifest.json"], "sidecar": [version / "_index.parquet"],
+            "part": [version / parts[1]], "all parts": [version / p for p in parts]}[what]
+    for path in gone:
+        path.unlink()
+    with pytest.raises(MissingPartition) as info:
+        lookup("u1", root=store.root)
+    pointer = f"; the published pointer {store.root / 'topn' / 'CURRENT.json'} names it"
+    expected = {
+        "manifest": f"top-N version {version} is incomplete: {gone[0]} is missing",
+        "sidecar": f"top-N version {version} is incomplete: its index sidecar {gone[0]} is missing",
+        "part": f"top-N version {version} is incomplete: part file {gone[0]} is missing (1 of {len(parts)} missing)",
+        "all parts": f"top-N version {version} is incomplete: part file {gone[0]} is missing "
+                     f"({len(parts)} of {len(parts)} missing)",
+    }[what]
+    assert _one_line(info) == expected + pointer
+
+
+def test_version_without_sidecar_is_missing_partition(published, tmp_path):
+    """There is no pre-sidecar fallback: every version has ``_index.parquet``."""
+    from nightly_topn.errors import MissingPartition
+
+    _, path, _ = published
     copy = tmp_path / "v=old"
     shutil.copytree(path, copy)
     (copy / "_index.parquet").unlink()
     manifest = json.loads((copy / "_manifest.json").read_text())
     manifest.pop("index")
     (copy / "_manifest.json").write_text(json.dumps(manifest))
-    old = TopNReader(copy)
-    assert [e[:2] + (e[3],) for e in old.index] == [e[:2] + (e[3],) for e in reader.index]
-    user = table.column("user_id")[123].as_py()
-    assert old.get(user) == reader.get(user)
+    with pytest.raises(MissingPartition) as info:
+        TopNReader(copy)
+    # not the live version: no word of the pointer
+    assert _one_line(info) == f"top-N version {copy} is incomplete: its index sidecar {copy / '_index.parquet'} is missing"
+    with pytest.raises(MissingPartition, match=f"top-N version {tmp_path / 'nope'} does not exist$"):
+        TopNReader(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_part_file_is_bad_input_naming_it(live_copy, damage):
+    from nightly_topn.errors import BadInput
+
+    store, version, table = live_copy
+    reader = TopNReader.published(store.root)
+    user = table.column("user_id")[table.num_rows // 2].as_py()
+    path = next(entry[2] for entry in reader.index if entry[0] <= user <= entry[1])
+    blob = path.read_bytes()
+    path.write_bytes(b"x" * len(blob) if damage == "garbage" else blob[: len(blob) // 2])
+    fresh = TopNReader.published(store.root)  # the file exists, so opening the version works
+    with pytest.raises(BadInput) as info:
+        fresh.get(user)
+    assert _one_line(info).startswith(f"cannot read part file {path}: corrupt or not a top-N Parquet file (pyarrow.")
+    assert info.value.__cause__ is not None
+    with pytest.raises(BadInput, match="^cannot read part file "):
+        lookup(user, root=store.root)
+    with pytest.raises(BadInput, match="^cannot read part file "):
+        export(store.root / "out.jsonl", root=store.root)
+    other = next(entry[0] for entry in reader.index if entry[2] != path)
+    assert fresh.get(other) is not None  # the other part files still serve
+
+
+def test_corrupt_manifest_or_sidecar_is_bad_input(live_copy):
+    from nightly_topn.errors import BadInput
+
+    store, version, _ = live_copy
+    sidecar = version / "_index.parquet"
+    sidecar.write_bytes(sidecar.read_bytes()[:100])
+    with pytest.raises(BadInput) as info:
+        lookup("u1", root=store.root)
+    assert _one_line(info).startswith(f"cannot read index sidecar {sidecar}: corrupt or not a top-N index (")
+    manifest = version / "_manifest.json"
+    manifest.write_text("{not json")
+    with pytest.raises(BadInput) as info:
+        lookup("u1", root=store.root)
+    assert _one_line(info).startswith(f"top-N version {version}: manifest {manifest} is unreadable (")
 
 
 def test_export_writes_every_user_once(published, tmp_path):
@@ -139,3 +250,83 @@ def test_export_lines_escape_odd_ids_and_match_the_json_path(published):
     for line, row in zip(fast.splitlines(), table.slice(0, 50).to_pylist()):
         value = json.loads(line)["value"]
         assert np.array_equal(np.float32(value["scores"]), np.float32(row["scores"]))  # float32 round trip
+
+
+ODD_IDS = ["u\t1", "u\n2", "u\r\n3", 'u"4', "u\\5", "\\", '"', '"quoted"', "ünï©ødé", "日本語", "emoji 🙂",
+           "u\x00nul", "u\x1fus", "u\x85nel", "u\u2028ls", "tab\tand\"quote\\and\nnewline", "plain", "with space"]
+
+
+def _odd_batch(ids):
+    import datetime as dt
+
+    from nightly_topn import schemas
+
+    rows = [{"user_id": user, "item_ids": [f"i{n}", "i\t" + user], "scores": [0.5, 0.25], "source": "model",
+             "model_version": "v1", "logical_date": dt.date(2024, 3, 4)} for n, user in enumerate(ids)]
+    rows[0]["item_ids"] = ["i0", "i1"]  # the first row on its own needs no escaping in its value
+    return pa.RecordBatch.from_pylist(rows, schema=schemas.TOPN), rows
+
+
+def _expected_value(row):
+    return {"item_ids": row["item_ids"], "scores": row["scores"], "source": row["source"],
+            "model_version": row["model_version"], "logical_date": row["logical_date"].isoformat()}
+
+
+def _tsv_key(key: str) -> str:
+    """The decoding rule of ``TopNReader.export``'s docstring."""
+    return json.loads(key) if key.startswith('"') else key
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["one batch", "a batch per id"])
+def test_export_lines_round_trip_odd_ids_in_jsonl_and_tsv(together):
+    """Each line decodes to its row: ``json.loads`` for jsonl; for tsv, split on the first tab,
+    decode the key (a JSON string when it starts with a quote) and ``json.loads`` the value.
+    Ids with a tab, a line break, a quote, a backslash, control or non-ASCII characters included;
+    one id per batch sends the plain ones through the Arrow path, the odd ones through ``json``."""
+    from nightly_topn.lookup import export_lines
+
+    groups = [ODD_IDS] if together else [[user] for user in ODD_IDS]
+    for ids in groups:
+        batch, rows = _odd_batch(ids)
+        for fmt in ("jsonl", "tsv"):
+            text = export_lines(batch, fmt)
+            assert text.endswith("\n") and text.count("\n") == len(rows), "one line per user, no stray breaks"
+            lines = text.split("\n")[:-1]
+            assert text.splitlines() == lines, "no line break a line-based reader would see either"
+            for line, row in zip(lines, rows):
+                if fmt == "jsonl":
+                    decoded = json.loads(line)
+                    assert decoded == {"key": row["user_id"], "value": _expected_value(row)}
+                else:
+                    key, value = line.split("\t", 1)
+                    assert _tsv_key(key) == row["user_id"] and json.loads(value) == _expected_value(row)
+                    needs = any(c in row["user_id"] for c in '"\\\t\n\r\x00\x1f\x85\u2028')
+                    assert key.startswith('"') == needs, "raw unless the id needs escaping"
+                    assert key.isascii() or not needs
+
+
+def test_export_tsv_of_a_version_with_odd_ids_round_trips(published, tmp_path):
+    """End to end through ``TopNReader.export``: a version whose part file holds odd ids."""
+    _, path, _ = published
+    copy = tmp_path / "v=odd"
+    shutil.copytree(path, copy)
+    manifest = json.loads((copy / "_manifest.json").read_text())
+    batch, rows = _odd_batch(sorted(ODD_IDS))
+    for name in manifest["files"]:
+        (copy / name).unlink()
+    manifest["files"] = ["part-odd.parquet"]
+    (copy / "_manifest.json").write_text(json.dumps(manifest))
+    pq.write_table(pa.Table.from_batches([batch]), copy / "part-odd.parquet", row_group_size=4)
+    ids = batch.column("user_id").to_pylist()
+    pq.write_table(pa.table({"min_user_id": ids[::4], "max_user_id": ids[3::4] + ([ids[-1]] if len(ids) % 4 else []),
+                             "file": ["part-odd.parquet"] * len(ids[::4]), "row_group": list(range(len(ids[::4])))}),
+                   copy / "_index.parquet")
+    reader = TopNReader(copy)
+    for row in rows:
+        assert reader.get(row["user_id"])["item_ids"] == row["item_ids"]
+    out = tmp_path / "odd.tsv"
+    assert reader.export(out, fmt="tsv") == len(rows)
+    with open(out, encoding="utf-8", newline="") as handle:
+        lines = handle.read().split("\n")[:-1]
+    assert [_tsv_key(line.split("\t", 1)[0]) for line in lines] == ids
+    assert [json.loads(line.split("\t", 1)[1]) for line in lines] == [_expected_value(r) for r in rows]

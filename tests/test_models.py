@@ -2,6 +2,7 @@
 users, save/load without pickle, deterministic for a seed; EASE primal = dual, and its memory guard."""
 import datetime as dt
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,113 @@ def test_horizon_model_learns_from_cutoffs_and_trend(data):
     # recency: trained users are scored from their time-weighted history, not the binary row
     row = timed.recency[int(np.argmax(np.diff(X.indptr)))]
     assert row.data.min() < row.data.max() <= 1.0
+
+
+# -- loading a broken model directory: one line naming the file, never a traceback -----------------
+@pytest.fixture(scope="module")
+def saved(data, tmp_path_factory):
+    """Every model fitted once and saved; tests break copies of these directories."""
+    X, T = data
+    base = tmp_path_factory.mktemp("saved_models")
+    for name in FAST:
+        MODELS[name](**FAST[name]).fit(X, T).save(base / name)
+    return base
+
+
+def _copy(saved, name, tmp_path):
+    import shutil
+
+    # a path like the real layout, so the message shows which run's model is broken
+    return Path(shutil.copytree(saved / name, tmp_path / "models" / "dt=2024-01-06" / "final" / name))
+
+
+def _load_error(directory):
+    """The ``BadInput`` that loading ``directory`` raises; its message must be one line."""
+    from nightly_topn.errors import BadInput
+
+    with pytest.raises(BadInput) as info:
+        load_model(directory)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("cannot load model ")
+    assert isinstance(info.value, ValueError)  # callers that caught ValueError still do
+    return info.value
+
+
+@pytest.mark.parametrize("name", ["popularity", "als", "ease", "multvae"])
+def test_truncated_npz_is_bad_input_naming_the_file(name, saved, tmp_path):
+    import zipfile
+
+    directory = _copy(saved, name, tmp_path)
+    npz = directory / "model.npz"
+    blob = npz.read_bytes()
+    npz.write_bytes(blob[: len(blob) // 2])
+    error = _load_error(directory)
+    assert str(error) == (f"cannot load model {npz}: truncated or not an npz archive "
+                          f"(zipfile.BadZipFile: File is not a zip file)")
+    assert isinstance(error.__cause__, zipfile.BadZipFile)  # chained, for the debug log
+
+
+def test_missing_empty_or_foreign_model_files_name_the_file(saved, tmp_path):
+    directory = _copy(saved, "als", tmp_path)
+    npz, meta = directory / "model.npz", directory / "model.json"
+    blob = npz.read_bytes()
+    npz.unlink()
+    assert str(_load_error(directory)) == f"cannot load model {npz}: the file is missing"
+    npz.write_bytes(b"")
+    assert str(_load_error(directory)) == f"cannot load model {npz}: empty file, not an npz archive"
+    np.save(tmp_path / "one.npy", np.zeros(3))  # an .npy, and a pickle: neither is an npz archive
+    npz.write_bytes((tmp_path / "one.npy").read_bytes())
+    assert str(_load_error(directory)) == f"cannot load model {npz}: not an npz archive (no zip header)"
+    npz.write_bytes(b"\x80\x04garbage")
+    assert str(_load_error(directory)) == f"cannot load model {npz}: not an npz archive (no zip header)"
+    np.savez(npz, junk=np.array(["not", "numbers"], dtype=object))  # an object array would need pickle
+    assert f"cannot load model {npz}: unreadable npz archive (ValueError: " in str(_load_error(directory))
+    npz.write_bytes(blob)
+    assert load_model(directory).n_items == json.loads(meta.read_text())["n_items"]  # intact again
+    text = meta.read_text()
+    meta.write_text(text[: len(text) // 2])
+    assert str(_load_error(directory)).startswith(f"cannot load model {meta}: not the metadata of a saved model "
+                                                  f"(json.decoder.JSONDecodeError: ")
+    meta.write_text(json.dumps({**json.loads(text), "name": "nope"}))
+    assert str(_load_error(directory)).startswith(f"cannot load model {meta}: unknown model 'nope'; known: [")
+    meta.unlink()
+    assert str(_load_error(directory)) == f"cannot load model {meta}: the file is missing"
+    assert str(_load_error(tmp_path / "nowhere")) == f"cannot load model {tmp_path / 'nowhere' / 'model.json'}: " \
+                                                     f"the file is missing"
+
+
+@pytest.mark.parametrize("name", sorted(FAST))
+def test_arrays_that_do_not_fit_model_json_are_bad_input(name, saved, tmp_path):
+    """Arrays of another shape than ``model.json`` says (a model.json of another run), or of
+    another model altogether, fail at load with the npz named, not later inside scoring."""
+    directory = _copy(saved, name, tmp_path)
+    npz, meta_path = directory / "model.npz", directory / "model.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "n_items": meta["n_items"] + 7}))
+    message = str(_load_error(directory))
+    assert message.startswith(f"cannot load model {npz}: arrays missing or of the wrong shape for model.json "
+                              f"({name}, {meta['n_users']} users × {meta['n_items'] + 7} items) (")
+    if name != "popularity":  # it keeps no per-user state
+        meta_path.write_text(json.dumps({**meta, "n_users": meta["n_users"] + 1}))
+        assert "'known' has" in str(_load_error(directory))
+    meta_path.write_text(json.dumps(meta))
+    other = "als" if name == "popularity" else "popularity"
+    npz.write_bytes((saved / other / "model.npz").read_bytes())  # the arrays of another model
+    assert str(_load_error(directory)).startswith(f"cannot load model {npz}: arrays missing or of the wrong shape")
+
+
+def test_corrupt_registry_file_is_bad_input_naming_it(tmp_path):
+    from nightly_topn import registry
+    from nightly_topn.errors import BadInput
+    from nightly_topn.storage import Storage
+
+    store = Storage.at(tmp_path)
+    run = store.partition("models", "2024-01-06")
+    run.mkdir(parents=True)
+    assert registry.read_run(store, "2024-01-06") is None
+    (run / registry.REGISTRY_FILE).write_text('{"candidates": [')
+    with pytest.raises(BadInput, match=f"^{run / registry.REGISTRY_FILE} is not valid JSON"):
+        registry.read_run(store, "2024-01-06")
+    (run / registry.INFO_FILE).write_text("[1, 2]")
+    with pytest.raises(BadInput, match=r"model_info.json is not a JSON object \(a list\)$"):
+        registry.model_info(store, "2024-01-06")

@@ -151,16 +151,79 @@ def sparse_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
 
 
 def load_model(directory: str | Path) -> Recommender:
-    """Load a model saved by ``Recommender.save`` (arrays with ``allow_pickle=False``)."""
+    """Load a model saved by ``Recommender.save`` (arrays with ``allow_pickle=False``).
+
+    Every problem with the files (missing, truncated, not an npz archive, metadata that is not
+    ours, arrays of the wrong names or shapes) is ``BadInput`` with one line naming the file, e.g.
+    ``cannot load model /r/models/dt=D/final/als/model.npz: truncated or not an npz archive
+    (zipfile.BadZipFile: File is not a zip file)``; the original exception is its ``__cause__``.
+    The arrays must fit ``model.json``: the model scores a probe batch to ``n_items`` columns.
+    """
+    import zipfile
+
+    from nightly_topn.errors import BadInput, cause_of
     from nightly_topn.models import MODELS
 
     directory = Path(directory)
-    meta = json.loads((directory / META_FILE).read_text())
-    if meta["name"] not in MODELS:
-        raise ValueError(f"{directory}: unknown model {meta['name']!r}; known: {sorted(MODELS)}")
-    model = MODELS[meta["name"]](**meta["params"])
-    with np.load(directory / ARRAYS_FILE, allow_pickle=False) as data:
-        model._restore({k: data[k] for k in data.files})
-    model.n_items = meta["n_items"]
-    model.n_users = meta.get("n_users", 0)
+    meta_path, arrays_path = directory / META_FILE, directory / ARRAYS_FILE
+
+    def bad(path: Path, problem: str, exc: BaseException | None = None) -> BadInput:
+        return BadInput(f"cannot load model {path}: {problem}" + (f" ({cause_of(exc)})" if exc is not None else ""))
+
+    try:
+        meta = json.loads(meta_path.read_text())
+        name, params = meta["name"], dict(meta["params"])
+        n_items, n_users = int(meta["n_items"]), meta.get("n_users")
+        n_users = None if n_users is None else int(n_users)  # None: saved before model.json had it
+    except FileNotFoundError as exc:
+        raise bad(meta_path, "the file is missing") from exc
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise bad(meta_path, "not the metadata of a saved model", exc) from exc
+    if not isinstance(name, str) or name not in MODELS:
+        raise bad(meta_path, f"unknown model {name!r}; known: {sorted(MODELS)}")
+    try:
+        model = MODELS[name](**params)
+    except (TypeError, ValueError) as exc:
+        raise bad(meta_path, f"params that {name} does not accept", exc) from exc
+    try:
+        with open(arrays_path, "rb") as handle:
+            head = handle.read(4)
+    except FileNotFoundError as exc:
+        raise bad(arrays_path, "the file is missing") from exc
+    except OSError as exc:
+        raise bad(arrays_path, "unreadable", exc) from exc
+    if head not in (b"PK\x03\x04", b"PK\x05\x06"):  # a zip's first local header, or an empty zip
+        raise bad(arrays_path, "not an npz archive (no zip header)" if head else "empty file, not an npz archive")
+    try:
+        with np.load(arrays_path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise bad(arrays_path, "truncated or not an npz archive", exc) from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise bad(arrays_path, "unreadable npz archive", exc) from exc
+    model.n_items, model.n_users = n_items, n_users or 0
+    try:
+        model._restore(arrays)
+        _probe(model, check_users=n_users is not None)
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        shape = f"{name}, {'unknown' if n_users is None else n_users} users × {n_items} items"
+        raise bad(arrays_path, f"arrays missing or of the wrong shape for {META_FILE} ({shape})", exc) from exc
     return model
+
+
+def _probe(model: Recommender, *, check_users: bool = True) -> None:
+    """Raise ``ValueError`` unless the restored arrays fit the model's ``n_users × n_items``: the
+    trained-user flags have one entry per user, and scoring a trained and a new user (history:
+    the first and last item) gives ``2 × n_items`` scores. Cheap (two rows), runs at every load."""
+    known = getattr(model, "known", None)
+    if check_users and known is not None and len(known) != model.n_users:
+        raise ValueError(f"'known' has {len(known)} users")
+    if model.n_items <= 0:
+        return
+    items = sorted({0, model.n_items - 1})
+    history = sp.csr_matrix((np.ones(2 * len(items), dtype=np.float32), items * 2, [0, len(items), 2 * len(items)]),
+                            shape=(2, model.n_items))
+    users = np.array([max(model.n_users - 1, 0), model.n_users])
+    shape = np.shape(model.score(users, history))
+    if shape != (2, model.n_items):
+        raise ValueError(f"scoring a probe batch gave shape {shape}, not (2, {model.n_items})")
