@@ -96,7 +96,6 @@ class TopNReader:
     @classmethod
     def published(cls, root=None, date=None) -> "TopNReader":
         """The live lists, or those of ``date`` (its newest version that passed the top-N gate)."""
-
         store = Storage.at(root)
         if date is None:
             pointer = store.published()
