@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from nightly_topn import schemas
 from nightly_topn.config import RunParams
+from nightly_topn.errors import BadInput, MissingPartition
 from nightly_topn.storage import Storage, as_date, read_json, read_table, write_table
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.Dat
     first = date - dt.timedelta(days=window_days - 1)
     days = [d for d in store.dates("raw") if first <= d <= date]
     if date not in days:
-        raise FileNotFoundError(f"raw partition for {date} is missing under {store.root / 'raw'}")
+        raise MissingPartition(f"raw partition for {date} is missing under {store.root / 'raw'}")
     paths = [_validated_events(store, d) for d in days]
     unvalidated = [d.isoformat() for d, p in zip(days, paths) if p.parent.parent.name == "raw"]
     if unvalidated:
@@ -72,7 +73,7 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
         user_n = pairs.groupby("user_id")["item_id"].transform("size")
         pairs = pairs[user_n >= params.min_user_interactions]
     if pairs.empty:
-        raise ValueError(f"no interactions left for {date} after filtering ({stats})")
+        raise BadInput(f"no interactions left for {date} after filtering ({stats})")
 
     users = np.sort(pairs["user_id"].unique())
     items = np.sort(pairs["item_id"].unique())

@@ -21,6 +21,7 @@ import time
 
 from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
+from nightly_topn.errors import BadInput, ConfigError
 from nightly_topn.features import Features
 from nightly_topn.models import MODELS
 from nightly_topn.storage import Storage, as_date
@@ -42,7 +43,7 @@ def candidates_for(params: RunParams) -> list[str]:
     if params.model == "auto":
         return list(DEFAULT_CANDIDATES)
     if params.model not in MODELS:
-        raise ValueError(f"unknown model {params.model!r}; choose 'auto' or one of {sorted(MODELS)}")
+        raise ConfigError(f"unknown model {params.model!r}; choose 'auto' or one of {sorted(MODELS)}")
     return [params.model] if params.model == "popularity" else ["popularity", params.model]
 
 
@@ -102,7 +103,7 @@ def select(pairs: protocols.PairTable, params: RunParams) -> tuple[str, dict[str
         info["excluded"] = failed
         log.warning("candidates excluded (every configuration failed): %s", failed)
         if params.model in failed:
-            raise ValueError(f"the requested model {params.model!r} cannot be trained on this data: {failed[params.model]}")
+            raise BadInput(f"the requested model {params.model!r} cannot be trained on this data: {failed[params.model]}")
         results = {n: r for n, r in results.items() if n not in failed}
     if params.model != "auto":
         winner = params.model

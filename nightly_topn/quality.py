@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from nightly_topn.errors import GateFailed
+from nightly_topn.errors import ConfigError, GateFailed
 from nightly_topn.storage import replace_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def gate_settings(gate: str, overrides: dict | None = None) -> dict:
         try:
             settings.update(json.loads(env).get(gate, {}))
         except (ValueError, AttributeError) as exc:
-            raise ValueError(f"{GATES_ENV} is not a JSON object of gate settings: {exc}") from exc
+            raise ConfigError(f"{GATES_ENV} is not a JSON object of gate settings: {exc}") from exc
     settings.update(overrides or {})
     return settings
 

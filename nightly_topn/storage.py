@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from nightly_topn import __version__
 from nightly_topn.config import storage_root
-from nightly_topn.errors import ConfigError, MissingPartition, PublishRefused
+from nightly_topn.errors import BadInput, ConfigError, MissingPartition, PublishRefused
 
 KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "reports", "alerts")
 MANIFEST = "_manifest.json"
@@ -330,7 +330,7 @@ def read_json(path: Path):
     except FileNotFoundError:
         raise MissingPartition(f"{path} does not exist") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc})") from None
+        raise BadInput(f"{path} is not valid JSON ({exc})") from None
 
 
 def write_table(table: pa.Table, path: Path, **kwargs) -> None:
@@ -344,4 +344,4 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
     try:
         return pq.read_table(path, schema=schema)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise ValueError(f"cannot read Parquet file {path}: {exc}") from exc
+        raise BadInput(f"cannot read Parquet file {path}: {exc}") from exc
