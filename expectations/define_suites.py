@@ -1,10 +1,13 @@
-"""(Re)write the three gate suites, their validation definitions and checkpoints into ``gx/``.
+"""(Re)write the gate suites, their validation definitions and checkpoints into ``gx/``.
 
 The JSON files under ``expectations/gx`` are the version-controlled truth the jobs run; this
 script is how they are authored (GX's own API, file-backed context), so a change to a suite is
 a reviewed diff of this file *and* of the JSON it writes::
 
     GX_ANALYTICS_ENABLED=false python expectations/define_suites.py
+
+(GX mints new ids on every write; ``keep_ids`` puts back the previous id of everything that did
+not change, so the diff is only the change itself.)
 
 Every expectation carries ``meta.severity`` (``hard``: fails the gate, ``soft``: warning in the
 log and report) and, for row-level raw checks, ``meta.quarantine: true`` (rows failing it are
@@ -15,6 +18,7 @@ interval, volume bounds, counts) are suite parameters (``{"$PARAMETER": name}``)
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -26,6 +30,9 @@ import great_expectations.expectations as gxe  # noqa: E402
 from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
+sys.path.insert(0, str(PROJECT.parent))  # run as a script from a checkout: nightly_topn beside it
+from nightly_topn.schemas import MAX_ID_LENGTH  # noqa: E402
+
 EVENT_TYPES = ["view", "click", "play", "rating", "purchase"]
 
 
@@ -65,6 +72,15 @@ def raw_events() -> list:
                                                 meta=row_level("an empty user id (a blank CSV field)")),
         gxe.ExpectColumnValueLengthsToBeBetween(column="item_id", min_value=1,
                                                 meta=row_level("an empty item id (a blank CSV field)")),
+        # a separate check, so an empty id gets one reason, not two
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column="user_id", max_value=MAX_ID_LENGTH,
+            meta=row_level(f"a user id longer than MAX_ID_LENGTH={MAX_ID_LENGTH} characters "
+                           "(ids are keys, not payloads)")),
+        gxe.ExpectColumnValueLengthsToBeBetween(
+            column="item_id", max_value=MAX_ID_LENGTH,
+            meta=row_level(f"an item id longer than MAX_ID_LENGTH={MAX_ID_LENGTH} characters "
+                           "(ids are keys, not payloads)")),
         gxe.ExpectColumnValuesToNotBeNull(column="event_type", meta=row_level("an event without a type")),
         gxe.ExpectColumnValuesToNotBeNull(column="event_time", meta=row_level("an event without a time")),
         gxe.ExpectColumnValuesToNotBeNull(column="weight", meta=row_level("missing or NaN weight")),
@@ -82,6 +98,18 @@ def raw_events() -> list:
                                             meta=soft("some duplicated events (preprocess drops them)")),
     ]
     return exps
+
+
+def raw_activity() -> list:
+    """The raw day summarised in one row (``top_user_share``: the most active user's share of the
+    day's clean events), computed by ``validate_raw``; ``max_user_share`` is None on days too small
+    to judge (``user_share_min_events``)."""
+    return [
+        gxe.ExpectColumnMaxToBeBetween(
+            column="top_user_share", max_value=P("max_user_share"),
+            meta=soft("one user holds more than max_user_share of the day's events (a bot, a load test, "
+                      "a replayed session?)")),
+    ]
 
 
 def features() -> list:
@@ -153,12 +181,49 @@ def topn() -> list:
 
 GATES = {
     "raw_events": (raw_events, {"result_format": "COMPLETE", "partial_unexpected_count": 20}),
+    "raw_activity": (raw_activity, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "features": (features, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "topn": (topn, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
 }
 
 
+#: The folders of the GX project whose JSON files carry ids GX assigns anew on every write.
+ID_FOLDERS = ("expectations", "validation_definitions", "checkpoints")
+
+
+def _expectation_key(expectation: dict) -> str:
+    return json.dumps([expectation["type"], expectation.get("kwargs", {})], sort_keys=True)
+
+
+def _ids(project: Path) -> dict:
+    """``{(folder, name, expectation key or ""): id}`` of the JSON files under ``project/gx``."""
+    ids = {}
+    for folder in ID_FOLDERS:
+        for path in sorted((project / "gx" / folder).glob("*.json")):
+            document = json.loads(path.read_text())
+            ids[(folder, document["name"], "")] = document["id"]
+            for expectation in document.get("expectations", []):
+                ids[(folder, document["name"], _expectation_key(expectation))] = expectation["id"]
+    return ids
+
+
+def keep_ids(project: Path, before: dict) -> int:
+    """Give what was rewritten unchanged its previous id back (GX mints new ones on every write),
+    so the reviewed diff of ``gx/`` shows only what changed. References between the files (a
+    checkpoint's validation definition, a definition's suite) are rewritten the same way."""
+    renames = {new: before[key] for key, new in _ids(project).items() if key in before and before[key] != new}
+    for folder in ID_FOLDERS:
+        for path in (project / "gx" / folder).glob("*.json"):
+            text = original = path.read_text()
+            for new, old in renames.items():
+                text = text.replace(f'"{new}"', f'"{old}"')
+            if text != original:
+                path.write_text(text)
+    return len(renames)
+
+
 def main() -> int:
+    before = _ids(PROJECT)
     context = gx.get_context(mode="file", project_root_dir=str(PROJECT))
     source = context.data_sources.get("frames")
     for name, (build, result_format) in GATES.items():
@@ -185,6 +250,7 @@ def main() -> int:
             name=name, validation_definitions=[definition],
             actions=[UpdateDataDocsAction(name="docs")], result_format=result_format))
         print(f"{name}: {len(suite.expectations)} expectations")
+    keep_ids(PROJECT, before)
     return 0
 
 

@@ -11,7 +11,10 @@ nothing downstream (train, publish) runs and the published pointer stays where i
 Raw rows failing a row-level expectation (``meta.quarantine``) go to ``quarantine/dt=D/`` with
 the reason. When their share is at most ``max_rejected_share`` (``gates.json``) the clean rows
 are re-validated and written to ``clean/dt=D/events.parquet``, which preprocess reads; above it
-the gate fails (the quarantine partition is kept as evidence either way).
+the gate fails (the quarantine partition is kept as evidence either way). A raw day that fails
+its gate is moved out of ``raw/`` to ``quarantine/rejected-raw/dt=D.STAMP`` (``reject_raw``), by
+whichever entry point ran the gate, so the next run re-lands the day from the source. A soft
+check (``raw_activity``) warns when one user holds more than ``max_user_share`` of a day's events.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -30,6 +34,7 @@ import pyarrow.parquet as pq
 
 from nightly_topn import schemas
 from nightly_topn.config import RunParams
+from nightly_topn.errors import MissingPartition
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
 from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, read_table, write_table
 
@@ -71,13 +76,84 @@ def raw_parameters(store: Storage, date: dt.date, settings: dict) -> dict:
     }
 
 
+#: Where a raw partition that failed its gate goes (``quarantine/rejected-raw/dt=D.STAMP``).
+REJECTED_RAW = "rejected-raw"
+
+
+def reject_raw(store: Storage, date) -> Path | None:
+    """Move the raw partition of ``date`` out of ``raw/`` to ``quarantine/rejected-raw/dt=D.STAMP``.
+
+    ``ingest`` keeps a landed day as it is, so a bad copy left in ``raw/`` would fail every rerun
+    even after the upstream fix; once it is moved aside, the next run (``nightly-topn run``, the
+    DAG, ``ingest`` by hand) re-lands the day from the source. The moved copy is kept as
+    evidence, one folder per rejection. Returns where it went, or None when there was none.
+    """
+    date = as_date(date)
+    source = store.partition("raw", date)
+    if not source.is_dir():
+        return None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    target = store.root / "quarantine" / REJECTED_RAW / f"dt={date.isoformat()}.{stamp}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, target)
+    for directory in (source.parent, target.parent):
+        _fsync_dir(directory)
+    log.warning("raw %s: rejected partition moved to %s; the next run re-lands the day from the source",
+                date, target)
+    return target
+
+
+def rejected_raw(store: Storage, date) -> list[Path]:
+    """The rejected raw partitions of ``date`` (``reject_raw``), oldest first."""
+    base = store.root / "quarantine" / REJECTED_RAW
+    return sorted(base.glob(f"dt={as_date(date).isoformat()}.*")) if base.is_dir() else []
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _move_aside(store: Storage, date: dt.date) -> tuple[Path | None, str]:
+    """``reject_raw`` for a failed gate, and the clause of the error message that says where it went."""
+    try:
+        moved = reject_raw(store, date)
+    except OSError as exc:
+        log.error("raw %s: could not move the rejected partition aside", date, exc_info=True)
+        return None, (f"moving the raw partition aside failed ({exc.strerror or type(exc).__name__}): remove "
+                      f"{store.partition('raw', date)}, or the next run keeps the bad copy")
+    if moved is None:
+        return None, "the next run re-lands the day from the source"
+    return moved, f"the raw partition was moved to {moved}, so the next run re-lands the day from the source"
+
+
+def _headline(failures: list[dict]) -> str:
+    """The first hard failure in a few words (the rest are in the summary lines below it)."""
+    first = failures[0]
+    text = f"{first['label']}: {first['why']}"
+    if first["unexpected_count"] is not None:
+        text += f" ({first['unexpected_count']} row(s))"
+    elif first["observed_value"] is not None and not isinstance(first["observed_value"], (dict, list)):
+        text += f" (observed {first['observed_value']})"
+    if first["exception"]:
+        text += " (the check raised an error)"
+    return text + (f", and {len(failures) - 1} more hard failure(s)" if len(failures) > 1 else "")
+
+
 def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
+    """The raw gate of ``date``: quarantine row-level failures, fail on a hard one (or too many
+    rejected rows), warn on soft ones; a failed day's raw partition is moved aside (``reject_raw``)."""
     date = as_date(date)
     store = Storage.at(root)
     partition = store.partition("raw", date)
     path = partition / "events.parquet"
     if not (partition / MANIFEST).is_file() or not path.is_file():
-        raise FileNotFoundError(f"raw partition for {date} is missing ({path}); run ingest first")
+        rejected = rejected_raw(store, date)
+        hint = f" (its last rejected copy is {rejected[-1]})" if rejected else ""
+        raise MissingPartition(f"raw partition for {date} is missing ({path}); run ingest first{hint}")
     settings = gate_settings("raw_events", settings)
     frame = read_table(path).to_pandas()
     reports = store.partition("reports", date)
@@ -94,33 +170,64 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
     share = len(reasons) / len(frame) if len(frame) else 0.0
     limit = settings["max_rejected_share"]
     outcome = "failed" if blocking or share > limit else ("quarantined" if reasons else "passed")
-    quarantine = _write_quarantine(store, date, frame, reasons, gate, outcome=outcome, share=share, limit=limit)
-    if blocking:
-        require(gate, what)
-    if share > limit:
+    evidence = dict(share=share, limit=limit)
+    if outcome == "failed":
+        moved, note = _move_aside(store, date)
+        quarantine = _write_quarantine(store, date, frame, reasons, gate, outcome=outcome, rejected_raw=moved,
+                                       **evidence)
+        if blocking:
+            raise GateFailed(f"{what} failed validation: {_headline(blocking)}; {note}\n{gate.summary()}")
         raise GateFailed(
             f"{what} failed validation: {len(reasons)} row(s) ({share:.2%}) failed row-level checks, above "
-            f"max_rejected_share {limit:.2%}; rejected rows with reasons in {quarantine}\n{gate.summary()}")
+            f"max_rejected_share {limit:.2%}; rejected rows with reasons in {quarantine}; {note}\n{gate.summary()}")
+    quarantine = _write_quarantine(store, date, frame, reasons, gate, outcome=outcome, **evidence)
     clean = frame.drop(index=list(reasons)) if reasons else frame
     if reasons:
         log.warning("raw %s: %d row(s) (%.2f%%) quarantined to %s; continuing on %d clean rows",
                     date, len(reasons), 100 * share, quarantine, len(clean))
         recheck = run_gate("raw_events", clean.reset_index(drop=True), reports, parameters, name="raw_events.clean")
-        require(recheck, f"clean rows of {what}")
+        if not recheck.success:
+            moved, note = _move_aside(store, date)
+            _write_quarantine(store, date, frame, reasons, gate, outcome="failed", rejected_raw=moved, **evidence)
+            raise GateFailed(f"clean rows of {what} failed validation: {_headline(recheck.failures)}; {note}\n"
+                             f"{recheck.summary()}")
+    activity = _check_activity(date, clean, reports, settings)
     table = schemas.conform(pa.Table.from_pandas(clean, preserve_index=False), schemas.EVENTS, source=f"clean rows of {path}")
     with store.staged(store.partition("clean", date)) as stage:
         write_table(table, stage / "events.parquet")
         store.write_manifest(stage, producer="validate_raw", date=date, inputs=[path], tables={"events": table},
                              extra={"raw_fingerprint": raw_fingerprint(path), "rejected_rows": len(reasons),
-                                    "gate_result": gate.result_path})
-    return {"date": date.isoformat(), "outcome": "warned" if outcome == "passed" and gate.warnings else outcome,
+                                    "gate_result": gate.result_path, "activity_result": activity.result_path})
+    warnings = [w["label"] for w in gate.warnings + activity.warnings + activity.failures]
+    return {"date": date.isoformat(), "outcome": "warned" if outcome == "passed" and warnings else outcome,
             "rows": len(frame), "rejected": len(reasons), "clean_rows": table.num_rows,
-            "warnings": [w["label"] for w in gate.warnings], "result": gate.result_path, "data_docs": gate.docs_path,
-            "quarantine": str(quarantine), "seconds": gate.seconds}
+            "warnings": warnings, "result": gate.result_path, "data_docs": gate.docs_path,
+            "activity_result": activity.result_path, "quarantine": str(quarantine),
+            "seconds": round(gate.seconds + activity.seconds, 3)}
 
 
-def _write_quarantine(store, date, frame, reasons, gate, *, outcome, share, limit) -> Path:
-    """Rows that failed row-level checks, each with its reasons (an empty partition says "none")."""
+def _check_activity(date: dt.date, clean: pd.DataFrame, reports: Path, settings: dict):
+    """The soft ``raw_activity`` check: the most active user's share of the day's (clean) events
+    above ``max_user_share`` is a warning (a bot, a load test, a replayed session?). Days with
+    fewer than ``user_share_min_events`` events are not judged (one user may well hold half of ten)."""
+    counts = clean["user_id"].dropna().value_counts() if "user_id" in clean.columns else pd.Series(dtype="int64")
+    events = int(counts.sum())
+    top = int(counts.iloc[0]) if len(counts) else 0
+    share = top / events if events else 0.0
+    judged = events >= settings["user_share_min_events"]
+    one_row = pd.DataFrame({"top_user_share": [share], "top_user_events": [top], "events": [events]})
+    gate = run_gate("raw_activity", one_row, reports,
+                    {"max_user_share": settings["max_user_share"] if judged else None})
+    if gate.warnings or gate.failures:
+        log.warning("raw %s: user %s holds %d of the day's %d events (%.1f%%), above max_user_share %.1f%%",
+                    date, counts.index[0] if len(counts) else None, top, events, 100 * share,
+                    100 * settings["max_user_share"])
+    return gate
+
+
+def _write_quarantine(store, date, frame, reasons, gate, *, outcome, share, limit, rejected_raw=None) -> Path:
+    """Rows that failed row-level checks, each with its reasons (an empty partition says "none");
+    ``rejected_raw``: where the failed day's raw partition was moved (``reject_raw``)."""
     target = store.partition("quarantine", date)
     rows = frame.loc[sorted(reasons)].copy() if reasons else frame.iloc[0:0].copy()
     rows.insert(0, "row_number", rows.index.astype("int64"))
@@ -130,7 +237,8 @@ def _write_quarantine(store, date, frame, reasons, gate, *, outcome, share, limi
         write_table(table, stage / "events.parquet")
         store.write_manifest(stage, producer="validate_raw", date=date, tables={"events": table},
                              extra={"outcome": outcome, "rejected_share": share, "max_rejected_share": limit,
-                                    "landed_rows": len(frame), "gate_result": gate.result_path})
+                                    "landed_rows": len(frame), "gate_result": gate.result_path,
+                                    "rejected_raw": str(rejected_raw) if rejected_raw else None})
     return target
 
 

@@ -5,7 +5,19 @@ column names, types and nullability without re-checking them.
 """
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
+
+from nightly_topn.errors import BadInput
+
+MAX_ID_LENGTH = 256
+"""The longest ``user_id`` / ``item_id`` (in characters) the contract accepts.
+
+Ids are keys, not payloads. Parquet writers drop a row group's min/max statistics for long
+values, and the lookup index relies on those statistics to find a user's row group: one
+10,000-character id made the index impossible to build. The raw gate therefore quarantines
+rows whose id is longer (``expectations/define_suites.py``)."""
 
 #: One user-item interaction. ``weight`` is the event's strength: 1 for a click or view,
 #: the star value for a rating, the quantity for a purchase.
@@ -85,8 +97,9 @@ TOPN = pa.schema(
 def conform(table: pa.Table, schema: pa.Schema, *, source: str = "table", check_nulls: bool = True) -> pa.Table:
     """Select and cast ``table`` to ``schema``; missing optional columns become nulls.
 
-    Raises ``ValueError`` naming ``source`` and the column when a required column is missing
-    or a value cannot be cast, so bad input fails at the boundary with a readable message.
+    Raises ``BadInput`` (a ``ValueError``) naming ``source`` and the column when a required
+    column is missing or values cannot be cast (with how many), so bad input fails at the
+    boundary with a readable one-line message that never quotes the data itself.
     ``check_nulls=False`` lets nulls through (with a nullable field) for raw landing, where the
     data-quality gate decides what null ids mean.
     """
@@ -94,10 +107,7 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str = "table", check_
     for field in schema:
         if field.name not in table.column_names:
             if not field.nullable:
-                raise ValueError(
-                    f"{source}: required column {field.name!r} is missing "
-                    f"(found columns: {', '.join(table.column_names)})"
-                )
+                raise BadInput(f"{source}: required column {field.name!r} is missing ({_found(table, schema, field)})")
             columns.append(pa.nulls(table.num_rows, field.type))
             fields.append(field)
             continue
@@ -105,14 +115,61 @@ def conform(table: pa.Table, schema: pa.Schema, *, source: str = "table", check_
         if not column.type.equals(field.type):
             try:
                 column = column.cast(field.type)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise ValueError(
-                    f"{source}: column {field.name!r} has type {column.type}, expected {field.type}: {exc}"
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise BadInput(
+                    f"{source}: column {field.name!r} has type {column.type}, expected {field.type}: "
+                    f"{cast_problem(column, field.type, exc)}"
                 ) from exc
         if not check_nulls:
             field = field.with_nullable(True)
         elif not field.nullable and column.null_count:
-            raise ValueError(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
+            raise BadInput(f"{source}: column {field.name!r} has {column.null_count} null value(s)")
         columns.append(column)
         fields.append(field)
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=schema.metadata))
+
+
+def _found(table: pa.Table, schema: pa.Schema, missing: pa.Field) -> str:
+    """What the table has instead, without echoing arbitrary header text: a file without a header
+    line has its first data row (maybe a secret) as column names."""
+    def norm(name: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", name.lower())
+
+    known = [name for name in table.column_names if name in schema.names]
+    others = table.num_columns - len(known)
+    text = f"found {', '.join(known) or 'no contract column'}" + (f" and {others} other column(s)" if others else "")
+    near = [name for name in table.column_names if name not in schema.names and norm(name) == norm(missing.name)]
+    if near:
+        return f"{text}; {near[0]!r} differs from it only in case or punctuation"
+    return text + ("" if known else "; is the header line missing?")
+
+
+def cast_problem(column: pa.ChunkedArray, target: pa.DataType, exc: Exception) -> str:
+    """Why ``column`` does not cast to ``target``, as "N of M value(s) ..." where that can be
+    counted -- never the offending values (Arrow's message quotes them: they may be secrets)."""
+    bad = _uncastable(column, target)
+    if bad:
+        return f"{bad} of {len(column)} value(s) cannot be read as {target}"
+    text = str(exc)
+    if text.startswith("Unsupported cast"):
+        return f"no conversion from {column.type} to {target}"
+    if "would lose data" in text:
+        return f"values do not fit {target} without losing data"
+    return f"values cannot be read as {target}"
+
+
+def _uncastable(column: pa.ChunkedArray, target: pa.DataType) -> int:
+    """How many non-null values of ``column`` fail to convert to ``target`` (0: not counted)."""
+    import pandas as pd
+
+    try:
+        values = column.to_pandas()
+        if pa.types.is_integer(target) or pa.types.is_floating(target):
+            parsed = pd.to_numeric(values, errors="coerce")
+        elif pa.types.is_timestamp(target):
+            parsed = pd.to_datetime(values, errors="coerce", utc=True, format="ISO8601")
+        else:
+            return 0
+        return int((values.notna() & parsed.isna()).sum())
+    except Exception:  # noqa: BLE001 - counting is best effort; the caller still refuses the column
+        return 0

@@ -6,6 +6,7 @@ import pyarrow.compute as pc
 import pytest
 
 from nightly_topn import schemas
+from nightly_topn.errors import BadInput
 from nightly_topn.sources import open_source
 from nightly_topn.sources.generated import GeneratedSource
 from nightly_topn.sources.landing import LandingSource, MissingPartitionError
@@ -98,3 +99,27 @@ def test_flat_landing_folder_is_replayed_by_day(tmp_path):
 def test_unknown_source_spec_is_refused():
     with pytest.raises(ValueError, match="unknown source spec"):
         open_source("kafka:topic")
+
+
+def test_flat_landing_folder_reads_gzip_csv_and_refuses_rows_without_a_time(tmp_path):
+    import gzip
+
+    header = "user_id,item_id,event_type,weight,event_time\n"
+    (tmp_path / "history.csv.gz").write_bytes(gzip.compress(
+        (header + "u1,i1,view,1,1709287200\nu2,i1,view,1,1709373600\n").encode()))  # epoch seconds
+    (tmp_path / "naive.csv").write_text(header + "u4,i3,view,1,2024-03-02 11:00:00\n")
+    (tmp_path / "README.md").write_text("a flat folder may hold other files: they are not read\n")
+    src = LandingSource(tmp_path)
+    assert src.first_date() == dt.date(2024, 3, 1)  # 1709287200 = 2024-03-01T10:00:00Z
+    assert src.events_for(dt.date(2024, 3, 2)).column("event_time").to_pylist() == [
+        dt.datetime(2024, 3, 2, 10, tzinfo=dt.timezone.utc), dt.datetime(2024, 3, 2, 11, tzinfo=dt.timezone.utc)]
+    (tmp_path / "more.csv").write_text(header + "u3,i2,view,1,\n")
+    with pytest.raises(BadInput, match=r"1 of 4 event\(s\) have no event_time, so they cannot be replayed"):
+        LandingSource(tmp_path).first_date()
+
+
+def test_badly_named_day_folder_is_refused_by_name(tmp_path):
+    (tmp_path / "dt=2024-03-01").mkdir()
+    (tmp_path / "dt=2024-3-2").mkdir()
+    with pytest.raises(BadInput, match=r"dt=2024-3-2: day folders are named dt=YYYY-MM-DD"):
+        LandingSource(tmp_path).first_date()

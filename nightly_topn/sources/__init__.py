@@ -11,6 +11,8 @@ from typing import Protocol
 
 import pyarrow as pa
 
+from nightly_topn.errors import ConfigError
+
 
 class Source(Protocol):
     name: str
@@ -44,7 +46,7 @@ def open_source(spec: str) -> Source:
             kwargs = {k: (float(v) if "." in v else int(v)) for k, v in options.items()}
             return GeneratedSource(**kwargs)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"bad generated source spec {spec!r}: {exc}") from exc
+            raise ConfigError(f"bad generated source spec {spec!r}: {exc}") from exc
     if kind == "movielens":
         from nightly_topn.sources.movielens import load_movielens
         from nightly_topn.sources.replay import ReplaySource
@@ -54,4 +56,4 @@ def open_source(spec: str) -> Source:
         from nightly_topn.sources.landing import LandingSource
 
         return LandingSource(arg)
-    raise ValueError(f"unknown source spec {spec!r}: expected generated, movielens:PATH or landing:PATH")
+    raise ConfigError(f"unknown source spec {spec!r}: expected generated, movielens:PATH or landing:PATH")

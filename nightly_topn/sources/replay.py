@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nightly_topn import schemas
+from nightly_topn.errors import BadInput
 
 _DAY_US = 86_400_000_000
 
@@ -18,6 +19,10 @@ class ReplaySource:
     def __init__(self, events: pa.Table, users: pa.Table | None = None, items: pa.Table | None = None, *, name="replay"):
         self.name = name
         events = schemas.conform(events, schemas.EVENTS, source=name, check_nulls=False)
+        missing = events.column("event_time").null_count
+        if missing:  # it would fall on no day: silently never served
+            raise BadInput(f"{name}: {missing} of {events.num_rows} event(s) have no event_time, so they "
+                           f"cannot be replayed on any day")
         micros = pc.cast(events.column("event_time"), pa.int64()).to_numpy()
         order = np.argsort(micros, kind="stable")
         self._events = events.take(order)
