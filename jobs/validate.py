@@ -248,7 +248,7 @@ def validate_features(date, *, root=None, params: RunParams = RunParams(), setti
     store = Storage.at(root)
     directory = store.partition("features", date)
     if not (directory / MANIFEST).is_file():
-        raise FileNotFoundError(f"features partition for {date} is missing ({directory}); run preprocess first")
+        raise MissingPartition(f"features partition for {date} is missing ({directory}); run preprocess first")
     settings = gate_settings("features", settings)
     inter = read_table(directory / "interactions.parquet").to_pandas()
     users = read_table(directory / "user_map.parquet").to_pandas()
@@ -286,7 +286,7 @@ def topn_frame(version: Path, features_dir: Path, top_n: int) -> pd.DataFrame:
     """
     parts = sorted(version.glob("part-*.parquet"))
     if not parts:
-        raise FileNotFoundError(f"top-N version {version} has no part files")
+        raise MissingPartition(f"top-N version {version} has no part files")
     lists = pa.concat_tables([read_table(p) for p in parts], promote_options="permissive").to_pandas()
     users = read_table(features_dir / "user_map.parquet").to_pandas()
     items = read_table(features_dir / "item_map.parquet").to_pandas()
