@@ -26,11 +26,14 @@ def steps():
 
 
 def preflight(params) -> None:
-    """Refuse, before any work, what the run may not choose on this deployment (its Beam knobs
-    against the deployment's runner and this machine's cores)."""
+    """Refuse, before any work, what the run may not choose on this deployment: its Beam knobs
+    against the deployment's runner and this machine's cores, its quality-gate knobs against the
+    deployment's limits."""
     from nightly_topn.config import deployment_beam_args
+    from nightly_topn.jobs.evaluate import check_gate_knobs
 
     params.run_beam_args(deployment_beam_args())
+    check_gate_knobs(params)
 
 
 def run_job(name: str, date, *, root=None, params=None, run_id: str | None = None, **kwargs) -> dict:

@@ -137,6 +137,13 @@ def _jsonable(value):
     return str(value)
 
 
+def _short(value, limit: int = 80):
+    """A sample value as a person reads it: a 10,000-character id is cut, with its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]}... ({len(value)} chars)"
+    return value
+
+
 def _trim(value):
     """Cut long lists (COMPLETE result formats list every unexpected row) in the kept JSON."""
     if isinstance(value, dict):
@@ -186,7 +193,7 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
                 "unexpected_count": res.get("unexpected_count"),
                 "unexpected_percent": res.get("unexpected_percent"),
                 "observed_value": _jsonable(res.get("observed_value")),
-                "sample": _jsonable((res.get("partial_unexpected_list") or [])[:10]),
+                "sample": [_short(v) for v in _jsonable((res.get("partial_unexpected_list") or [])[:10])],
                 "exception": _exception(item.exception_info),
             }
             if entry["quarantine"] and res.get("unexpected_index_list") is not None:

@@ -157,6 +157,8 @@ def test_a_version_parameter_outside_the_dates_versions_is_refused(world, versio
     (["--output=/tmp/anywhere"], "unrecognized arguments: --output=/tmp/anywhere"),
     (["--beam-args=--output=/tmp/x"], "unrecognized arguments: --beam-args=--output=/tmp/x"),
     (["--model=/tmp/some-model"], "--model=/tmp/some-model: input should be"),
+    (["--min-lift-over-popularity", "-0.5"], "min_lift_over_popularity=-0.5 is below this deployment's floor 0.0"),
+    (["--champion-tolerance", "0.9"], "champion_tolerance=0.9 is above this deployment's limit 0.1"),
 ])
 def test_wrong_knobs_are_refused_before_any_work(world, args, needle):
     store, live, _, _ = world

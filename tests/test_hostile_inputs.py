@@ -13,6 +13,7 @@ import datetime as dt
 import gzip
 import io
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -76,6 +77,10 @@ def test_overlong_ids_are_quarantined_naming_the_limit(world):
     }
     clean = pq.read_table(world.store.partition("clean", DAY) / "events.parquet")
     assert max(pc.utf8_length(clean.column("user_id")).to_pylist()) == MAX_ID_LENGTH
+    # the kept evidence (and any log line) shows a 10,000-character id cut, with its length
+    kept = json.loads(Path(result["result"]).read_text())
+    samples = [v for f in kept["failures"] for v in f["sample"] if isinstance(v, str) and v.startswith("uuu")]
+    assert samples and all(v.endswith("... (10000 chars)") and len(v) < 120 for v in samples)
 
 
 # -- 2. a rejected day is moved aside by validate_raw itself, and re-landed after the fix ---------
