@@ -108,7 +108,9 @@ def _job(name: str, date: str, **kwargs):
             preflight(params)
         return run_job(name, date, params=params, run_id=run_id, **kwargs)
     except NightlyTopNError as exc:
-        logging.getLogger("nightly_topn").debug("%s failed", name, exc_info=True)
+        log = logging.getLogger("nightly_topn")
+        log.error("%s %s failed (%s): %s", name, date, type(exc).__name__, exc)  # the line to act on
+        log.debug("%s failed", name, exc_info=True)
         if name == "ingest" and isinstance(exc, MissingPartition):
             raise
         raise _fail_fast(exc) from None
