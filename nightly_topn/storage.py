@@ -205,7 +205,7 @@ class Storage:
     def record_verdict(self, version: Path, *, passed: bool, result: str, reason: str = "") -> dict:
         """Write the top-N gate's verdict into ``version``, bound to the manifest it checked."""
         verdict = {"passed": passed, "manifest_sha256": _sha256(version / MANIFEST), "result": result,
-                   "reason": reason[:2000],
+                   "files": _fingerprints(version), "reason": reason[:2000],
                    "checked_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         write_json(version / VERDICT, verdict)
         return verdict
@@ -226,6 +226,10 @@ class Storage:
         missing = [f for f in read_json(version / MANIFEST).get("files", []) if not (version / f).is_file()]
         if missing:
             return f"{version} lost {len(missing)} part file(s) after it was checked, e.g. {missing[0]}"
+        now = _fingerprints(version)
+        changed = sorted(f for f, was in verdict.get("files", {}).items() if now.get(f) != was)
+        if changed:
+            return f"{version}: {len(changed)} file(s) changed after validate_topn checked them, e.g. {changed[0]}"
         return None
 
     def newest_gated_version(self, date) -> Path:
@@ -269,6 +273,15 @@ class Storage:
 
 #: Names of what a writer leaves while it works: ``.staging-NAME-HOST-PID-ID``, ``.trash-...``, ``.NAME.HOST-PID-ID.tmp``.
 _LEFTOVER = re.compile(r"\.(?:staging-|trash-|)(?P<name>.+)[-.](?P<host>[A-Za-z0-9]+)-(?P<pid>[0-9]+)-[0-9a-f]{8}(?:\.tmp)?")
+
+
+def _fingerprints(version: Path) -> dict[str, str]:
+    """``size:mtime`` of each data file of a version (part files and the index), cheap to compare."""
+    out = {}
+    for path in sorted(version.glob("*.parquet")):
+        st = path.stat()
+        out[path.name] = f"{st.st_size}:{st.st_mtime_ns}"
+    return out
 
 
 def _sha256(path: Path) -> str:

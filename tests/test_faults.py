@@ -125,12 +125,18 @@ def test_a_version_that_failed_its_gate_cannot_be_published(world):
     assert_live_unchanged(store, live)
 
 
-def test_a_version_changed_after_its_gate_cannot_be_published(world):
+@pytest.mark.parametrize("change, needle", [("delete", "lost 1 part file"),
+                                           ("rewrite", r"1 file\(s\) changed after validate_topn checked them")])
+def test_a_version_changed_after_its_gate_cannot_be_published(world, change, needle):
     from nightly_topn.jobs.publish import publish
 
     store, live, _, spare = world
-    (spare / json.loads((spare / "_manifest.json").read_text())["files"][0]).unlink()
-    with pytest.raises(PublishRefused, match="lost 1 part file"):
+    part = spare / json.loads((spare / "_manifest.json").read_text())["files"][0]
+    if change == "delete":
+        part.unlink()
+    else:  # same rows written again (as an edit by hand would): not what the gate checked
+        pq.write_table(pq.read_table(part), part)
+    with pytest.raises(PublishRefused, match=needle):
         publish(DATE, root=store.root, params=PARAMS, version=str(spare))
     assert_live_unchanged(store, live)
 
