@@ -30,7 +30,7 @@ def preflight(params) -> None:
     against the deployment's runner and this machine's cores, its quality-gate knobs against the
     deployment's limits."""
     from nightly_topn.config import deployment_beam_args
-    from nightly_topn.jobs.evaluate import check_gate_knobs
+    from nightly_topn.quality import check_gate_knobs
 
     params.run_beam_args(deployment_beam_args())
     check_gate_knobs(params)

@@ -28,7 +28,7 @@ from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import evaluate_model, recommend_all
 from nightly_topn.features import Features
-from nightly_topn.errors import ConfigError, QualityGateFailed
+from nightly_topn.errors import QualityGateFailed
 from nightly_topn.models import MODELS, load_model
 from nightly_topn.storage import Storage, as_date, write_json
 
@@ -100,23 +100,9 @@ def _champion_metrics(store, date, pairs, split, train, holdout, users, info, re
             "note": "live configuration refit on tonight's evaluation train split"}
 
 
-def check_gate_knobs(params: RunParams) -> None:
-    """A run may make the quality gate stricter, never looser than the deployment allows
-    (``gates.json`` ``quality``: ``min_lift_floor``, ``max_champion_tolerance``, overridable by
-    ``$NIGHTLY_TOPN_GATES``): a trigger-form user cannot switch the gate off."""
-    from nightly_topn.quality import gate_settings
-
-    limits = gate_settings("quality")
-    if params.min_lift_over_popularity < limits["min_lift_floor"]:
-        raise ConfigError(f"min_lift_over_popularity={params.min_lift_over_popularity} is below this deployment's "
-                          f"floor {limits['min_lift_floor']} (gates.json quality.min_lift_floor)")
-    if params.champion_tolerance > limits["max_champion_tolerance"]:
-        raise ConfigError(f"champion_tolerance={params.champion_tolerance} is above this deployment's limit "
-                          f"{limits['max_champion_tolerance']} (gates.json quality.max_champion_tolerance)")
-
-
 def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     from nightly_topn import report as html_report
+    from nightly_topn.quality import check_gate_knobs
 
     check_gate_knobs(params)
     date = as_date(date)

@@ -21,7 +21,7 @@ import time
 
 from nightly_topn import protocols, registry
 from nightly_topn.config import RunParams
-from nightly_topn.errors import BadInput, ConfigError
+from nightly_topn.errors import BadInput
 from nightly_topn.features import Features
 from nightly_topn.models import MODELS
 from nightly_topn.storage import Storage, as_date
@@ -42,8 +42,6 @@ def model_params(params: RunParams, name: str | None = None) -> dict:
 def candidates_for(params: RunParams) -> list[str]:
     if params.model == "auto":
         return list(DEFAULT_CANDIDATES)
-    if params.model not in MODELS:
-        raise ConfigError(f"unknown model {params.model!r}; choose 'auto' or one of {sorted(MODELS)}")
     return [params.model] if params.model == "popularity" else ["popularity", params.model]
 
 

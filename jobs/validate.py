@@ -36,7 +36,7 @@ from nightly_topn import schemas
 from nightly_topn.config import RunParams
 from nightly_topn.errors import MissingPartition
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
-from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, read_table, write_table
+from nightly_topn.storage import MANIFEST, Storage, as_date, fsync_dir, read_json, read_table, write_table
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def reject_raw(store: Storage, date) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, target)
     for directory in (source.parent, target.parent):
-        _fsync_dir(directory)
+        fsync_dir(directory)
     log.warning("raw %s: rejected partition moved to %s; the next run re-lands the day from the source",
                 date, target)
     return target
@@ -107,14 +107,6 @@ def rejected_raw(store: Storage, date) -> list[Path]:
     """The rejected raw partitions of ``date`` (``reject_raw``), oldest first."""
     base = store.root / "quarantine" / REJECTED_RAW
     return sorted(base.glob(f"dt={as_date(date).isoformat()}.*")) if base.is_dir() else []
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _move_aside(store: Storage, date: dt.date) -> tuple[Path | None, str]:

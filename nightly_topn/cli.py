@@ -92,10 +92,10 @@ def _dispatch(args) -> int:
         return 0
     date = as_date(args.date)
     params = RunParams.from_mapping(vars(args), flags=True)
-    preflight(params)
     if args.command == "run":
-        results = run_day(date, root=args.root, source=args.source, params=params)
+        results = run_day(date, root=args.root, source=args.source, params=params)  # preflight first
     else:
+        preflight(params)
         kwargs = {k: getattr(args, k) for k in ("source", "version") if getattr(args, k, None) is not None}
         results = [(args.command, run_job(args.command, date, root=args.root, params=params, **kwargs))]
     for name, result in results:

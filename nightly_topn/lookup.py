@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nightly_topn.errors import BadInput, MissingPartition, NightlyTopNError, cause_of
-from nightly_topn.storage import MANIFEST, POINTER, Storage, as_date, read_json
+from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
 
 INDEX_FILE = "_index.parquet"
 #: What reading a part file or the sidecar raises when the file is gone, truncated or not Parquet.
@@ -34,13 +34,12 @@ def _pointer_naming(directory: Path) -> Path | None:
     directory = Path(directory).absolute()
     if directory.parent.parent.name != "topn":
         return None
-    root = directory.parent.parent.parent
-    pointer = root / "topn" / POINTER
+    store = Storage(directory.parent.parent.parent)
     try:
-        named = json.loads(pointer.read_text())["path"]
-        return pointer if (root / named).resolve() == directory.resolve() else None
-    except (OSError, ValueError, KeyError, TypeError):
+        named = (store.published() or {}).get("path")
+    except (OSError, ValueError):
         return None
+    return store.pointer_path() if named and (store.root / named).resolve() == directory.resolve() else None
 
 
 class TopNReader:
@@ -52,8 +51,6 @@ class TopNReader:
         if not self.directory.is_dir():
             raise self._missing(f"top-N version {self.directory} does not exist")
         manifest_path = self.directory / MANIFEST
-        if not manifest_path.is_file():
-            raise self._missing(f"top-N version {self.directory} is incomplete: {manifest_path} is missing")
         try:
             manifest = read_json(manifest_path)
             self.files: list[str] = [str(f) for f in manifest["files"]]

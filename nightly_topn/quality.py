@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from nightly_topn.errors import ConfigError, GateFailed
-from nightly_topn.storage import replace_dir, write_json
+from nightly_topn.storage import staged, write_json
 
 log = logging.getLogger(__name__)
 GX_PROJECT = Path(__file__).resolve().parent.parent / "expectations" / "gx"
@@ -56,7 +56,7 @@ def gate_settings(gate: str, overrides: dict | None = None) -> dict:
     return settings
 
 
-__all__ = ["GateFailed", "GateResult", "gate_settings", "require", "run_gate"]
+__all__ = ["GateFailed", "GateResult", "check_gate_knobs", "gate_settings", "require", "run_gate"]
 
 
 @dataclass
@@ -167,13 +167,16 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
     name = name or checkpoint
     report_dir = Path(report_dir)
     workdir = report_dir / "gx" / name
-    # Built in a folder of its own and renamed into place: two gate runs never share a GX project.
-    stage = report_dir / "gx" / f".staging-{name}-{os.getpid()}-{time.time_ns()}"
-    shutil.copytree(gx_project_dir(), stage / "gx", ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
-    context = gx.get_context(mode="file", project_root_dir=str(stage))
-    result = context.checkpoints.get(checkpoint).run(
-        batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}
-    )
+    # Built in a staging folder of its own and renamed into place: two gate runs never share a GX
+    # project, and a failed or killed one leaves nothing half-written (storage.staged).
+    with staged(workdir) as stage:
+        shutil.copytree(gx_project_dir(), stage / "gx", ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
+        context = gx.get_context(mode="file", project_root_dir=str(stage))
+        result = context.checkpoints.get(checkpoint).run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {}
+        )
+        docs = _offline_docs(stage / "gx" / "uncommitted" / "data_docs" / "local_site")
+        docs = Path(docs).relative_to(stage) if docs else None
     gate = GateResult(checkpoint=checkpoint, success=True, rows=len(frame))
     for run_result in result.run_results.values():
         for item in run_result.results:
@@ -200,9 +203,7 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
                 gate.unexpected_index[label] = list(res["unexpected_index_list"])
             (gate.failures if entry["severity"] == "hard" else gate.warnings).append(entry)
     gate.success = not gate.failures
-    docs = _offline_docs(stage / "gx" / "uncommitted" / "data_docs" / "local_site")
-    replace_dir(stage, workdir)
-    gate.docs_path = str(workdir / Path(docs).relative_to(stage)) if docs else ""
+    gate.docs_path = str(workdir / docs) if docs else ""
     gate.seconds = round(time.perf_counter() - started, 3)
     gate.result_path = str(report_dir / f"{name}.validation.json")
     write_json(Path(gate.result_path), {
@@ -216,6 +217,19 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
         else:
             log.error(line)
     return gate
+
+
+def check_gate_knobs(params) -> None:
+    """A run may make the quality gate stricter, never looser than the deployment allows
+    (``gates.json`` ``quality``: ``min_lift_floor``, ``max_champion_tolerance``, overridable by
+    ``$NIGHTLY_TOPN_GATES``): a trigger-form user cannot switch the gate off."""
+    limits = gate_settings("quality")
+    if params.min_lift_over_popularity < limits["min_lift_floor"]:
+        raise ConfigError(f"min_lift_over_popularity={params.min_lift_over_popularity} is below this deployment's "
+                          f"floor {limits['min_lift_floor']} (gates.json quality.min_lift_floor)")
+    if params.champion_tolerance > limits["max_champion_tolerance"]:
+        raise ConfigError(f"champion_tolerance={params.champion_tolerance} is above this deployment's limit "
+                          f"{limits['max_champion_tolerance']} (gates.json quality.max_champion_tolerance)")
 
 
 def require(gate: GateResult, what: str) -> GateResult:

@@ -43,13 +43,8 @@ def code_version() -> str:
 
 
 def _read(path: Path) -> dict:
-    """A registry file; a corrupt one is ``BadInput`` naming it (``read_json`` already names it)."""
-    try:
-        record = read_json(path)
-    except BadInput:
-        raise
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
+    """A registry file; a corrupt one is ``BadInput`` naming it (``read_json`` raises that)."""
+    record = read_json(path)
     if not isinstance(record, dict):
         raise BadInput(f"{path} is not a JSON object (a {type(record).__name__})")
     return record

@@ -104,22 +104,9 @@ class Storage:
         return resolved
 
     # -- atomic writes -----------------------------------------------------------------------
-    @contextmanager
-    def staged(self, target: Path) -> Iterator[Path]:
-        """Yield a staging directory; on success it atomically replaces ``target``.
-
-        On error the staging directory is removed and ``target`` is left untouched.
-        """
-        target.parent.mkdir(parents=True, exist_ok=True)
-        stage = target.parent / f".staging-{target.name}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        stage.mkdir()
-        try:
-            yield stage
-            fsync_tree(stage)
-        except BaseException:
-            shutil.rmtree(stage, ignore_errors=True)
-            raise
-        replace_dir(stage, target)
+    def staged(self, target: Path):
+        """``staged(target)``: a staging directory that atomically replaces ``target`` on success."""
+        return staged(target)
 
     def sweep_stale(self, date) -> list[Path]:
         """Remove what killed writers of ``date`` left behind: staging and trash directories and
@@ -128,6 +115,7 @@ class Storage:
 
         day = f"dt={as_date(date).isoformat()}"
         places = [self.root / kind for kind in KINDS] + [self.root / kind / day for kind in KINDS]
+        places.append(self.root / "reports" / day / "gx")  # where the gates stage their GX projects
         removed = []
         for place in places:
             if not place.is_dir():
@@ -223,11 +211,11 @@ class Storage:
             return f"{version} failed validate_topn: {verdict.get('reason', '')}".split("\n")[0]
         if verdict.get("manifest_sha256") != _sha256(version / MANIFEST):
             return f"{version} changed after validate_topn checked it"
-        missing = [f for f in read_json(version / MANIFEST).get("files", []) if not (version / f).is_file()]
+        now, was = _fingerprints(version), verdict.get("files", {})
+        missing = sorted(set(was) - set(now))
         if missing:
             return f"{version} lost {len(missing)} part file(s) after it was checked, e.g. {missing[0]}"
-        now = _fingerprints(version)
-        changed = sorted(f for f, was in verdict.get("files", {}).items() if now.get(f) != was)
+        changed = sorted(f for f in was if now[f] != was[f])
         if changed:
             return f"{version}: {len(changed)} file(s) changed after validate_topn checked them, e.g. {changed[0]}"
         return None
@@ -288,7 +276,25 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _fsync_dir(directory: Path) -> None:
+@contextmanager
+def staged(target: Path) -> Iterator[Path]:
+    """Yield a staging directory beside ``target`` (named for this host and process, so a killed
+    writer's is recognised by ``Storage.sweep_stale``); on success it is flushed to disk and
+    atomically replaces ``target``; on error it is removed and ``target`` is left untouched."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    stage = target.parent / f".staging-{target.name}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        fsync_tree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    replace_dir(stage, target)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Flush a directory's entries (a rename into it) to disk."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -305,7 +311,7 @@ def fsync_tree(directory: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def replace_dir(stage: Path, target: Path) -> None:
@@ -314,11 +320,11 @@ def replace_dir(stage: Path, target: Path) -> None:
         trash = target.parent / f".trash-{target.name}-{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         os.replace(target, trash)
         os.replace(stage, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.replace(stage, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
 
 
 def write_json(path: Path, payload) -> None:
@@ -332,11 +338,11 @@ def write_json(path: Path, payload) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def read_json(path: Path):
-    """Read a JSON file; a missing file is ``MissingPartition``, a corrupt one ``ValueError``, both naming it."""
+    """Read a JSON file; a missing file is ``MissingPartition``, a corrupt one ``BadInput``, both naming it."""
     path = Path(path)
     try:
         return json.loads(path.read_text())

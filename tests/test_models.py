@@ -48,7 +48,10 @@ def data():
 
 
 def test_registry_covers_the_issue_models():
+    from nightly_topn.config import MODEL_CHOICES
+
     assert {"popularity", "als", "bpr", "itemknn", "ease", "puresvd", "sequence", "horizon"} <= set(MODELS)
+    assert set(MODEL_CHOICES) == {"auto", *MODELS}  # the form offers exactly the registry
 
 
 @pytest.mark.parametrize("name", sorted(FAST))
