@@ -20,7 +20,7 @@ $(VENV)/.installed: $(BIN)/python setup.py constraints.txt
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/python -m nightly_topn.demo
+	$(BIN)/python -m tools.demo
 
 test: install
 	bash scripts/install-system-test-deps.sh

@@ -25,7 +25,8 @@ setup(
         "nightly_topn.pipelines": "pipelines",
         "nightly_topn.expectations": "expectations",
     },
-    package_data={"nightly_topn.expectations": ["gx/*.yml", "gx/*.json", "gx/**/*.json", "gx/**/*.yml", "gx/**/*.css"]},
+    package_data={"nightly_topn": ["templates/*.j2"],
+                  "nightly_topn.expectations": ["gx/*.yml", "gx/*.json", "gx/**/*.json", "gx/**/*.yml", "gx/**/*.css"]},
     install_requires=[
         "apache-airflow==3.3.2",
         "apache-beam==2.77.*",
@@ -38,7 +39,12 @@ setup(
         "scipy>=1.11",
         "scikit-learn>=1.5",
         "threadpoolctl>=3",  # imported directly (BLAS threads off while implicit trains)
+        "pydantic>=2",  # typed run parameters
+        "filelock>=3.12",  # the date and publish locks
+        "psutil>=5.9",  # is a staging folder's writer still alive
+        "jinja2>=3.1",  # the run report's HTML
     ],
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29"]},
+    # test: the suite and the development tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers)
+    extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

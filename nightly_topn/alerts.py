@@ -13,7 +13,6 @@ so a broken alert sink cannot hide the original failure.
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import logging
 import traceback
@@ -52,11 +51,11 @@ def write_alert(alert: dict, *, root=None) -> Path:
     path = folder / f"{alert['task_id']}.try-{alert['try_number']}.json"
     write_json(path, alert)
     base.mkdir(parents=True, exist_ok=True)
-    with (base / ALERT_LOG).open("a") as out:  # one write per line, under a lock: concurrent runs
-        fcntl.flock(out, fcntl.LOCK_EX)
+    from filelock import FileLock
+
+    # one write per line, under a lock: concurrent runs append to the same log
+    with FileLock(str(base / f"{ALERT_LOG}.lock")), (base / ALERT_LOG).open("a") as out:
         out.write(json.dumps(alert, sort_keys=True, default=str) + "\n")
-        out.flush()
-        fcntl.flock(out, fcntl.LOCK_UN)
     return path
 
 

@@ -15,10 +15,6 @@ SMALL_SOURCE = "generated:seed=3,base_users=400,users_per_day=6,base_items=150,i
 SMALL_WINDOW = 21
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: a system test that takes a minute or more (still run by make test)")
-
-
 @pytest.fixture
 def root(tmp_path, monkeypatch) -> Path:
     """A fresh storage root, also exported as $NIGHTLY_TOPN_ROOT for code that reads the env."""

@@ -31,12 +31,13 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nightly_topn.airflow_env import DAG_ID, PROJECT_DIR, LocalAirflow
+from tools.local_airflow import DAG_ID, PROJECT_DIR, LocalAirflow
 
 ML100K = (PROJECT_DIR / ".." / "shared" / "datasets" / "ml-100k").resolve()
 FIRST_DAY = dt.date(1997, 9, 20)
@@ -314,9 +315,7 @@ def _diagnose(af: LocalAirflow, run_id: str, root: Path) -> str:
 
 
 def _post_run(af: LocalAirflow, conf: dict):
-    import requests
-
-    return requests.post(f"{af.url}/api/v2/dags/{DAG_ID}/dagRuns", timeout=60,
+    return httpx.post(f"{af.url}/api/v2/dags/{DAG_ID}/dagRuns", timeout=60,
                          headers={"Authorization": f"Bearer {af.token()}"},
                          json={"logical_date": None, "conf": conf, "note": "e2e: as the trigger form does"})
 

@@ -509,7 +509,7 @@ def test_dag_runs_no_train_or_publish_after_a_failed_gate():
     """Each gate task is upstream of what it protects; default trigger rules skip the rest on failure."""
     import importlib.util
 
-    from nightly_topn.airflow_env import PROJECT_DIR
+    from tools.local_airflow import PROJECT_DIR
 
     spec = importlib.util.spec_from_file_location("dag_under_gate_test", PROJECT_DIR / "dags" / "daily_topn_dag.py")
     module = importlib.util.module_from_spec(spec)

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nightly_topn.airflow_env import PROJECT_DIR
+from tools.local_airflow import PROJECT_DIR
 
 UTC = dt.timezone.utc
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SMALL_SOURCE
 
-from nightly_topn.airflow_env import airflow_cli, airflow_env
+from tools.local_airflow import airflow_cli, airflow_env
 from nightly_topn.features import Features
 from nightly_topn.storage import Storage
 

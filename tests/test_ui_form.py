@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
+import httpx
 
-from nightly_topn.airflow_env import DAG_ID, PROJECT_DIR, LocalAirflow, free_port
+from tools.local_airflow import DAG_ID, PROJECT_DIR, LocalAirflow, free_port
 
 pytestmark = pytest.mark.timeout(600)
 SCREENSHOT = PROJECT_DIR / "var" / "screenshots" / "trigger_form.png"
@@ -175,7 +175,7 @@ def test_login_and_trigger_form_screenshot(tmp_path, chromium):
         af.start()
         af.wait_for_dag()
         # no anonymous access: the API refuses, the UI sends the browser to the login page
-        assert requests.get(f"{af.url}/api/v2/dags", timeout=30).status_code == 401
+        assert httpx.get(f"{af.url}/api/v2/dags", timeout=30).status_code == 401
 
         port = free_port()
         profile = tmp_path / "chromium-profile"
@@ -187,7 +187,7 @@ def test_login_and_trigger_form_screenshot(tmp_path, chromium):
         deadline = time.monotonic() + 60
         while True:
             try:
-                targets = requests.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
+                targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
                 page_target = next(t for t in targets if t["type"] == "page")
                 break
             except (OSError, ValueError, StopIteration):

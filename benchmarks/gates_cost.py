@@ -4,8 +4,8 @@ Runs one day's jobs in order (as ``nightly-topn run`` does, in one process) into
 and prints each job's wall time, the GX import (paid once per process, by the first gate) and
 the gates' share::
 
-    python expectations/time_gates.py --date 2024-03-01                                 # embedded default data
-    python expectations/time_gates.py --date 1998-03-01 --source movielens:../shared/datasets/ml-100k
+    python benchmarks/gates_cost.py --date 2024-03-01                                 # embedded default data
+    python benchmarks/gates_cost.py --date 1998-03-01 --source movielens:../shared/datasets/ml-100k
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from nightly_topn.config import RunParams
     from nightly_topn.jobs import steps
 
-    root = args.root or tempfile.mkdtemp(prefix="time_gates_")
+    root = args.root or tempfile.mkdtemp(prefix="gates_cost_")
     knobs = dict(p.split("=", 1) for p in args.param)
     types = {f: type(getattr(RunParams(), f)) for f in RunParams.__dataclass_fields__}
     params = RunParams.from_mapping({k: (v.lower() in ("1", "true") if types[k] is bool else types[k](v))

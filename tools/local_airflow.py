@@ -1,4 +1,5 @@
-"""The environment a local Airflow needs to run this project, and a local deployment to test it.
+"""Development tooling: the environment a local Airflow needs to run this project, and a local
+deployment to test it (not part of the installed package).
 
 ``airflow_env`` is what ``airflow dags test`` (the demo) needs. ``LocalAirflow`` starts the real
 components one by one -- api-server, scheduler, dag-processor, triggerer -- with the
@@ -8,7 +9,7 @@ the repo). It stops each component with SIGTERM (then SIGKILL after a grace peri
 process group, so nothing is left running. ``airflow standalone`` is not used: it serves logs on
 0.0.0.0 and leaves children behind on SIGTERM.
 
-    python -m nightly_topn.airflow_env --workdir var/local-airflow   # run it by hand (Ctrl-C stops)
+    python -m tools.local_airflow --workdir var/local-airflow   # from the repo root; Ctrl-C stops
 """
 from __future__ import annotations
 
@@ -23,6 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
+import psutil
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAG_ID = "nightly_topn"
@@ -188,8 +192,7 @@ class LocalPostgres:
     def processes(self) -> set[int]:
         if not self.proc:
             return set()
-        return {pid for pid, (_, pgrp, sid) in _process_table().items()
-                if (pgrp == self.proc.pid or sid == self.proc.pid) and _is_running(pid)}
+        return {pid for pid in _in_group_or_session({self.proc.pid}) if _is_running(pid)}
 
     def stop(self, grace: float = 30) -> int | None:
         """SIGINT = PostgreSQL's "fast" shutdown; SIGKILL after ``grace``; the temp folder is removed."""
@@ -226,7 +229,7 @@ class LocalAirflow:
         self.url = f"http://127.0.0.1:{self.port}"
         self.components = tuple(components)
         self.procs: dict[str, subprocess.Popen] = {}
-        self._seen: set[tuple[int, int | None]] = set()  # (pid, start time): PIDs get reused
+        self._seen: set[tuple[int, float | None]] = set()  # (pid, start time): PIDs get reused
         self._token: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -253,11 +256,9 @@ class LocalAirflow:
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                import requests
-
-                if requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).ok:
+                if httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).is_success:
                     return self
-            except OSError:
+            except httpx.TransportError:
                 pass
             time.sleep(1)
         raise TimeoutError(f"api-server not healthy on {self.url} after {wait}s; logs in {self.logs}")
@@ -286,7 +287,7 @@ class LocalAirflow:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 pass
-        for pid in self.leftovers():  # a task process that left the group (all started by us)
+        for pid in self.leftovers(postgres=False):  # a task process that left the group (all started by us)
             if pid <= 1 or pid == os.getpid():
                 continue
             try:
@@ -297,59 +298,43 @@ class LocalAirflow:
             codes["postgres"] = self.postgres.stop()
         return codes
 
-    def leftovers(self) -> list[int]:
+    def leftovers(self, *, postgres: bool = True) -> list[int]:
         """Live processes of this deployment: the components, their descendants, anything in their
-        process groups/sessions, anything whose environment names this AIRFLOW_HOME, and anything
-        seen as such while running (``processes()`` snapshots). Should be empty after ``stop``."""
+        process groups/sessions, anything whose environment names this AIRFLOW_HOME, anything
+        seen as such while running (``processes()`` snapshots), and the PostgreSQL server's unless
+        ``postgres=False``. Should be empty after ``stop``."""
         current = self.processes()
         seen_alive = {pid for pid, started in self._seen if _start_time(pid) == started}
-        if self.postgres:
+        if self.postgres and postgres:
             current |= self.postgres.processes()
         return sorted(current | seen_alive)
 
     def processes(self) -> set[int]:
         roots = {proc.pid for proc in self.procs.values()}
-        table = _process_table()
-        children: dict[int, list[int]] = {}
-        for pid, (ppid, _, _) in table.items():
-            children.setdefault(ppid, []).append(pid)
-        found = {pid for pid, (_, pgrp, sid) in table.items() if pgrp in roots or sid in roots}
-        found |= set(_processes_with_env("AIRFLOW_HOME", str(self.home)))
-        stack = [pid for pid in roots | found if pid in table]
-        while stack:
-            pid = stack.pop()
-            found.add(pid)
-            for child in children.get(pid, []):
-                if child not in found:
-                    found.add(child)
-                    stack.append(child)
-        found = {pid for pid in found if pid in table and _is_running(pid)}
+        found = _in_group_or_session(roots) | _processes_with_env("AIRFLOW_HOME", str(self.home))
+        for pid in roots | set(found):
+            try:
+                found |= {pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))}
+            except psutil.Error:
+                continue
+        found = {pid for pid in found if _is_running(pid)}
         self._seen |= {(pid, _start_time(pid)) for pid in found}
         return found
 
     def listening_sockets(self) -> set[tuple[str, int]]:
         """``(address, port)`` of every TCP socket the deployment's processes listen on."""
-        inodes = set()
+        import ipaddress
+
+        found = set()
         for pid in self.processes():
             try:
-                for fd in Path(f"/proc/{pid}/fd").iterdir():
-                    target = os.readlink(fd)
-                    if target.startswith("socket:["):
-                        inodes.add(target[8:-1])
-            except OSError:
+                sockets = psutil.Process(pid).net_connections(kind="tcp")
+            except psutil.Error:
                 continue
-        found = set()
-        for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
-            try:
-                lines = Path(table).read_text().splitlines()[1:]
-            except OSError:
-                continue
-            for line in lines:
-                fields = line.split()
-                if fields[3] != "0A" or fields[9] not in inodes:  # 0A = LISTEN
-                    continue
-                address, port = fields[1].split(":")
-                found.add((_decode_address(address, width), int(port, 16)))
+            for sock in sockets:
+                if sock.status == psutil.CONN_LISTEN:
+                    address = ipaddress.ip_address(sock.laddr.ip)
+                    found.add((str(getattr(address, "ipv4_mapped", None) or address), sock.laddr.port))
         return found
 
     def __enter__(self) -> "LocalAirflow":
@@ -364,10 +349,8 @@ class LocalAirflow:
 
     # -- REST API ----------------------------------------------------------------------------
     def token(self) -> str:
-        import requests
-
         if self._token is None:
-            response = requests.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password},
+            response = httpx.post(f"{self.url}/auth/token", json={"username": self.user, "password": self.password},
                                      timeout=30)
             response.raise_for_status()
             self._token = response.json()["access_token"]
@@ -375,9 +358,7 @@ class LocalAirflow:
 
     def api(self, method: str, path: str, *, expect: tuple[int, ...] = (200,), **kwargs):
         """Call ``/api/v2{path}`` with a bearer token; returns the JSON body."""
-        import requests
-
-        response = requests.request(method, f"{self.url}/api/v2{path}", timeout=60,
+        response = httpx.request(method, f"{self.url}/api/v2{path}", timeout=60,
                                     headers={"Authorization": f"Bearer {self.token()}"}, **kwargs)
         if response.status_code not in expect:
             raise RuntimeError(f"{method} {path}: HTTP {response.status_code}: {response.text[:2000]}")
@@ -424,60 +405,43 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         pass
 
 
-def _process_table() -> dict[int, tuple[int, int, int]]:
-    """``{pid: (ppid, pgrp, session)}`` of every process."""
-    table = {}
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit():
-            continue
+def _in_group_or_session(leaders: set[int]) -> set[int]:
+    """Processes whose process group or session is led by one of ``leaders``."""
+    found = set()
+    for proc in psutil.process_iter():
         try:
-            fields = (pid_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            if os.getpgid(proc.pid) in leaders or os.getsid(proc.pid) in leaders:
+                found.add(proc.pid)
         except OSError:
             continue
-        table[int(pid_dir.name)] = (int(fields[1]), int(fields[2]), int(fields[3]))
-    return table
-
-
-def _processes_with_env(key: str, value: str) -> list[int]:
-    needle = f"{key}={value}".encode()
-    found = []
-    for pid_dir in Path("/proc").iterdir():
-        if not pid_dir.name.isdigit() or int(pid_dir.name) == os.getpid():
-            continue
-        try:
-            environ = (pid_dir / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ and _is_running(int(pid_dir.name)):
-            found.append(int(pid_dir.name))
     return found
 
 
-def _decode_address(hex_address: str, width: int) -> str:
-    import ipaddress
+def _processes_with_env(key: str, value: str) -> set[int]:
+    found = set()
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(key) == value and _is_running(proc.pid):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
-    raw = bytes.fromhex(hex_address)
-    # /proc/net/tcp* store each 32-bit word in host (little-endian) order
-    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
-    if width == 8:
-        return str(ipaddress.IPv4Address(raw))
-    address = ipaddress.IPv6Address(raw)
-    return str(address.ipv4_mapped or address)
 
-
-def _start_time(pid: int) -> int | None:
+def _start_time(pid: int) -> float | None:
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
         return None
 
 
 def _is_running(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
         return False
-    return state != "Z"
 
 
 def main(argv=None) -> int:

@@ -1,7 +1,7 @@
-"""The main job on the embedded default data: the daily DAG under ``airflow dags test`` for a few
+"""Development tooling (make demo): the main job on the embedded default data: the daily DAG under ``airflow dags test`` for a few
 consecutive days, then where everything is and a sample lookup.
 
-    python -m nightly_topn.demo [--first 2024-03-02] [--days 3] [--workdir var]
+    python -m tools.demo [--first 2024-03-02] [--days 3] [--workdir var]
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from nightly_topn.airflow_env import airflow_cli, airflow_env
+from tools.local_airflow import airflow_cli, airflow_env
 
 
 def main(argv=None) -> int:
