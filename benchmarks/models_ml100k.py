@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow.compute as pc
 import scipy.sparse as sp
 
-from nightly_topn import protocols
+from nightly_topn import splits
 from nightly_topn.evaluation import evaluate_model
 from nightly_topn.models import MODELS
 from nightly_topn.sources.movielens import load_movielens
@@ -55,10 +55,10 @@ def load(path: str):
 
 
 def run_protocol(protocol, users, items, times, shape, categories, *, budget, models, k, seed):
-    split = protocols.split(protocol, users, items, times, seed=seed)
+    split = splits.split(protocol, users, items, times, seed=seed)
     train, test = split.matrices(users, items, shape)
-    fit_rows, val_rows = protocols.validation_split(protocol, users, items, times, split.train, seed=seed)
-    fit, val = (protocols._binary(users[m], items[m], shape) for m in (fit_rows, val_rows))
+    fit_rows, val_rows = splits.validation_split(protocol, users, items, times, split.train, seed=seed)
+    fit, val = (splits.binary_matrix(users[m], items[m], shape) for m in (fit_rows, val_rows))
 
     def times_of(mask):  # latest event time (s) per pair, for models that use order/recency
         t = sp.csr_matrix((times[mask] / 1e6, (users[mask], items[mask])), shape=shape)
@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="/work/shared/datasets/ml-100k")
     parser.add_argument("--budget", type=float, default=300.0, help="tuning budget in seconds per protocol")
-    parser.add_argument("--protocols", nargs="+", default=["random", "temporal"], choices=protocols.PROTOCOLS)
+    parser.add_argument("--protocols", nargs="+", default=["random", "temporal"], choices=splits.PROTOCOLS)
     parser.add_argument("--models", nargs="+", default=list(DEFAULT_CANDIDATES), choices=sorted(MODELS))
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=42)

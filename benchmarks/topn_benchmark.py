@@ -87,9 +87,9 @@ def _best_rate(fn, work, reps=7):
 
 def _load(root):
     from nightly_topn.models import load_model
-    from nightly_topn.pipelines.topn_pipeline import load_history
+    from nightly_topn.features import Features
 
-    history = load_history(f"{root}/features/dt={DATE}")
+    history = Features.load(f"{root}/features/dt={DATE}").matrix()
     model = load_model(f"{root}/models/dt={DATE}/final/als")
     return history, model
 
@@ -191,9 +191,9 @@ def task_naive(args):
             import numpy as np
             import pyarrow.parquet as pq
 
-            from nightly_topn.pipelines.topn_pipeline import load_history
+            from nightly_topn.features import Features
 
-            self.history = load_history(f"{root}/features/dt={DATE}")
+            self.history = Features.load(f"{root}/features/dt={DATE}").matrix()
             with np.load(f"{root}/models/dt={DATE}/final/als/model.npz", allow_pickle=False) as arrays:
                 self.user_factors, self.item_factors = arrays["user_factors"], arrays["item_factors"]
             self.user_ids = pq.read_table(f"{root}/features/dt={DATE}/user_map.parquet").column("user_id").to_pylist()

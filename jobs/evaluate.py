@@ -17,14 +17,13 @@ on failure also ``alerts/dt=D/quality_gate.json`` and raises ``QualityGateFailed
 """
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from nightly_topn import protocols, registry
+from nightly_topn import registry, splits
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import evaluate_model, recommend_all
 from nightly_topn.features import Features
@@ -109,9 +108,9 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     store = Storage.at(root)
     features = Features.load(store.partition("features", date))
     models_dir = store.partition("models", date)
-    info = json.loads((models_dir / "model_info.json").read_text())
-    pairs = protocols.PairTable.load(features)
-    split = protocols.pipeline_split(pairs, info.get("protocol", params.eval_protocol), seed=params.seed)
+    info = registry.model_info(store, date, required=True)
+    pairs = splits.PairTable.of(features)
+    split = splits.pipeline_split(pairs, info.get("protocol", params.eval_protocol), seed=params.seed)
     train, holdout = pairs.matrix(split.train), pairs.matrix(split.relevant)
     users = np.flatnonzero(np.diff(holdout.indptr) > 0)
     if not len(users):
@@ -141,7 +140,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
                   "code_version": registry.code_version()}
     reports = store.partition("reports", date)
-    write_json(reports / "evaluation.json", evaluation)
+    write_json(reports / registry.EVALUATION_FILE, evaluation)
     record = registry.read_run(store, date)
     if record:  # the registry keeps each candidate's honest holdout metrics next to its params and artifacts
         for name, metrics in results.items():

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from nightly_topn import registry
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import per_user_accuracy
 from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, write_json
@@ -35,17 +36,13 @@ METRICS = ("hit_rate", "recall", "recall_capped", "ndcg")
 
 def published_dates(store: Storage, until=None) -> list[dt.date]:
     """Dates with a top-N version that passed its gate and no failed quality gate, oldest first."""
-    base = store.root / "topn"
     out = []
-    if not base.is_dir():
-        return out
-    for child in sorted(base.glob("dt=*")):
-        day = as_date(child.name[3:])
+    for day in store.dates("topn", holding=None):
         if until is not None and day > as_date(until):
             continue
         if not any(store.verdict_problem(v) is None for v in store.versions(day)):
             continue
-        evaluation = store.partition("reports", day) / "evaluation.json"
+        evaluation = store.partition("reports", day) / registry.EVALUATION_FILE
         if evaluation.is_file() and not read_json(evaluation).get("gate", {}).get("passed", True):
             continue
         out.append(day)

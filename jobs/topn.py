@@ -8,7 +8,6 @@ first/last user id, so a reader finds a user's row group without opening every f
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 
@@ -16,10 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nightly_topn import config
+from nightly_topn import config, registry
 from nightly_topn.config import RunParams
 from nightly_topn.errors import BadInput, JobFailed, MissingPartition, NightlyTopNError
-from nightly_topn.storage import Storage, as_date, read_json
+from nightly_topn.storage import Storage, as_date
 
 log = logging.getLogger(__name__)
 INDEX_FILE = "_index.parquet"
@@ -71,7 +70,7 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
     beam_args = [f"--runner={config.DEFAULT_RUNNER}", *deployment, *params.run_beam_args(deployment)]
     if not (features_dir / "_manifest.json").is_file():
         raise MissingPartition(f"features partition for {date} is missing ({features_dir}); run preprocess first")
-    info = read_json(models_dir / "model_info.json")
+    info = registry.model_info(store, date, required=True)
     attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = store.partition("topn", date) / f"v={attempt}"
     started = time.perf_counter()

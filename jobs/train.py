@@ -19,13 +19,13 @@ import json
 import logging
 import time
 
-from nightly_topn import protocols, registry
+from nightly_topn import registry, splits
 from nightly_topn.config import RunParams
 from nightly_topn.errors import BadInput
 from nightly_topn.features import Features
 from nightly_topn.models import MODELS
 from nightly_topn.storage import Storage, as_date
-from nightly_topn.tuning import DEFAULT_CANDIDATES, TuningResult, _params_with_seed, choose, tune_all
+from nightly_topn.tuning import DEFAULT_CANDIDATES, TuningResult, params_with_seed, choose, tune_all
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def model_params(params: RunParams, name: str | None = None) -> dict:
     if name == "als":
         return {"factors": params.factors, "regularization": params.regularization, "alpha": params.alpha,
                 "iterations": params.iterations, "seed": params.seed}
-    return _params_with_seed(name, {}, params.seed)
+    return params_with_seed(name, {}, params.seed)
 
 
 def candidates_for(params: RunParams) -> list[str]:
@@ -78,10 +78,10 @@ def reuse_previous(store: Storage, date, fingerprint: str, params: RunParams):
     return record["winner"], results, selection
 
 
-def select(pairs: protocols.PairTable, params: RunParams) -> tuple[str, dict[str, TuningResult], dict]:
+def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, TuningResult], dict]:
     """Tune the candidates on a validation split of the evaluation train rows; returns the winner."""
-    split = protocols.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
-    fit_rows, val_rows = protocols.validation_split(
+    split = splits.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
+    fit_rows, val_rows = splits.validation_split(
         params.eval_protocol, pairs.users, pairs.items, pairs.first_time, split.train, seed=params.seed,
         quantile=params.holdout_quantile)
     names = candidates_for(params)
@@ -123,14 +123,14 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
     store = Storage.at(root)
     features_dir = store.partition("features", date)
     features = Features.load(features_dir)
-    pairs = protocols.PairTable.load(features)
+    pairs = splits.PairTable.of(features)
     fingerprint = features.fingerprint()
     started = time.perf_counter()
     replay = reuse_previous(store, date, fingerprint, params)
     winner, results, selection = replay or select(pairs, params)
     tuning_seconds = round(time.perf_counter() - started, 2)
     version = f"{date.isoformat()}.{winner}.{fingerprint[:8]}"
-    split = protocols.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
+    split = splits.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
     timings = {}
     with store.staged(store.partition("models", date)) as stage:
         plan = [("eval", name, split.train) for name in results]
@@ -144,7 +144,7 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
                 "data_fingerprint": fingerprint, "fit_seconds": timings, "candidates": list(results),
                 "protocol": params.eval_protocol, "selection": selection["selection"],
                 "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds}
-        (stage / "model_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        registry.write_model_info(stage, info)
         registry.write_run(stage, {
             "date": date.isoformat(), "winner": winner, "model_version": version, "data_fingerprint": fingerprint,
             "code_version": registry.code_version(), "trained_at": registry.today(), "selection": selection,

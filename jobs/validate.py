@@ -19,7 +19,6 @@ check (``raw_activity``) warns when one user holds more than ``max_user_share`` 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -32,7 +31,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from nightly_topn import schemas
+from nightly_topn import registry, schemas
 from nightly_topn.config import RunParams
 from nightly_topn.errors import MissingPartition
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
@@ -320,8 +319,7 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
     version = store.version(date, version) if version else store.newest_version(date)
     manifest = read_json(version / MANIFEST)
     features_dir = store.partition("features", date)
-    info_path = store.partition("models", date) / "model_info.json"
-    info = read_json(info_path) if info_path.is_file() else {}
+    info = registry.model_info(store, date) or {}
     top_n = int(manifest.get("top_n") or params.top_n)
     frame = topn_frame(version, features_dir, top_n)
     n_users = pq.read_metadata(features_dir / "user_map.parquet").num_rows

@@ -199,7 +199,7 @@ def export_lines(batch, fmt: str = "jsonl") -> str:
     plain = not any(pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE)).as_py() for col in strings) \
         and pc.all(pc.is_finite(scores)).as_py() is not False
     if not plain:
-        return _json_lines(batch.to_pylist(), fmt)
+        return json_lines(batch.to_pylist(), fmt)
     items = batch.column("item_ids")
     empty = pc.equal(pc.list_value_length(items), 0)
     item_list = pc.if_else(empty, "[]", join('["', pc.binary_join(items, '","'), '"]', ""))
@@ -212,7 +212,9 @@ def export_lines(batch, fmt: str = "jsonl") -> str:
     return pc.binary_join(pa.ListArray.from_arrays([0, len(lines)], lines), "")[0].as_py() if len(lines) else ""
 
 
-def _json_lines(rows: list[dict], fmt: str) -> str:
+def json_lines(rows: list[dict], fmt: str) -> str:
+    """The export lines of ``rows`` through the ``json`` module: what ``export_lines`` writes for
+    batches that need escaping, and the reference its Arrow path is tested against."""
     import numpy as np
 
     out = []

@@ -98,7 +98,7 @@ class GateResult:
 
 
 @lru_cache(maxsize=1)
-def _gx():
+def import_gx():
     """Import GX once per process (the import is the slow part: seconds)."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO chatter drowns the summary
@@ -163,7 +163,7 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
     per-run GX project (``gx/NAME/``, holding GX's validation results and the Data Docs).
     """
     started = time.perf_counter()
-    gx = _gx()
+    gx = import_gx()
     name = name or checkpoint
     report_dir = Path(report_dir)
     workdir = report_dir / "gx" / name

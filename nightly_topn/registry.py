@@ -24,6 +24,7 @@ from nightly_topn.storage import Storage, as_date, read_json, write_json
 
 REGISTRY_FILE = "registry.json"
 INFO_FILE = "model_info.json"
+EVALUATION_FILE = "evaluation.json"  # reports/dt=D/, written by the evaluate job
 
 
 @functools.lru_cache(maxsize=1)
@@ -59,9 +60,15 @@ def read_run(store: Storage, date) -> dict | None:
     return _read(path) if path.is_file() else None
 
 
-def model_info(store: Storage, date) -> dict | None:
+def model_info(store: Storage, date, *, required: bool = False) -> dict | None:
+    """``models/dt=D/model_info.json``: the winner, its params and version (what top-N loads).
+    Missing: None, or ``MissingPartition`` naming the file when ``required``."""
     path = store.partition("models", date) / INFO_FILE
-    return _read(path) if path.is_file() else None
+    return _read(path) if required or path.is_file() else None
+
+
+def write_model_info(directory: Path, info: dict) -> None:
+    write_json(Path(directory) / INFO_FILE, info)
 
 
 def champion(store: Storage, before=None) -> dict | None:
@@ -85,19 +92,8 @@ def champion(store: Storage, before=None) -> dict | None:
 def history(store: Storage, until, n: int = 30) -> list[dict]:
     """The last ``n`` evaluation reports up to and including ``until``, oldest first."""
     until = as_date(until)
-    base = store.root / "reports"
-    out = []
-    if not base.is_dir():
-        return out
-    for child in sorted(base.glob("dt=*")):
-        try:
-            day = as_date(child.name[3:])
-        except ValueError:
-            continue
-        path = child / "evaluation.json"
-        if day <= until and path.is_file():
-            out.append(_read(path))
-    return out[-n:]
+    days = [day for day in store.dates("reports", holding=EVALUATION_FILE) if day <= until]
+    return [_read(store.partition("reports", day) / EVALUATION_FILE) for day in days[-n:]]
 
 
 def today() -> str:

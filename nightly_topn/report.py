@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from nightly_topn import registry
-from nightly_topn.storage import Storage, as_date, read_json
+from nightly_topn.storage import Storage, as_date, read_json, write_text
 
 COLUMNS = ("ndcg", "map", "precision", "recall", "recall_capped", "hit_rate", "mrr", "coverage", "novelty", "diversity")
 #: Metrics that are not cut at K, so their column header has no ``@K``.
@@ -196,8 +194,5 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
 def write_report(store: Storage, date, evaluation: dict, **kwargs) -> Path:
     """Write ``reports/dt=D/report.html`` (atomically: a reader never sees half a page) and return its path."""
     path = store.partition("reports", date) / "report.html"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".report.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(render(store, date, evaluation, **kwargs), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, render(store, date, evaluation, **kwargs))
     return path

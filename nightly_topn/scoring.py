@@ -158,18 +158,10 @@ def configure_threads(n_threads: int | None = None) -> int:
 
 
 # -- the fast kernel ---------------------------------------------------------------------------
-def factor_matrices(model) -> tuple[np.ndarray, np.ndarray] | None:
-    """``(user_factors, item_factors)`` if ``model`` scores as ``user_factors[u] @ item_factors.T``.
-
-    A model can say so explicitly with a ``factor_matrices()`` method; otherwise a model with
-    2-D ``user_factors``/``item_factors`` arrays is a *candidate* that ``TopNScorer`` verifies
-    against ``model.score`` before trusting (so a model that e.g. folds in history keeps working).
-    """
-    hook = getattr(model, "factor_matrices", None)
-    if callable(hook):
-        found = hook()
-        if found is not None:
-            return found
+def _factors(model) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(user_factors, item_factors)`` if ``model`` may score as ``user_factors[u] @ item_factors.T``:
+    2-D arrays of one width make a *candidate* that ``TopNScorer`` verifies against
+    ``model.score`` before trusting (so a model that e.g. folds in history keeps working)."""
     user_f, item_f = getattr(model, "user_factors", None), getattr(model, "item_factors", None)
     if isinstance(user_f, np.ndarray) and isinstance(item_f, np.ndarray) and user_f.ndim == item_f.ndim == 2 \
             and user_f.shape[1] == item_f.shape[1]:
@@ -191,7 +183,7 @@ class TopNScorer:
         import torch
 
         self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
-        factors = factor_matrices(model)
+        factors = _factors(model)
         self.fused = factors is not None
         self._verified = not verify
         # ``parallel`` batches in flight at once, one Python thread each (torch ops release the

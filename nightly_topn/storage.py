@@ -85,14 +85,16 @@ class Storage:
             raise ValueError(f"unknown storage kind {kind!r}; expected one of {KINDS}")
         return self.root / kind / f"dt={as_date(date).isoformat()}"
 
-    def dates(self, kind: str) -> list[dt.date]:
-        """Dates with a complete (manifested) partition of ``kind``, oldest first."""
+    def dates(self, kind: str, *, holding: str | None = MANIFEST) -> list[dt.date]:
+        """Dates whose partition of ``kind`` holds the file ``holding`` (by default its manifest:
+        the complete partitions; None: every ``dt=`` folder), oldest first."""
         base = self.root / kind
         if not base.is_dir():
             return []
         found = []
         for child in base.iterdir():
-            if child.name.startswith("dt=") and _DATE.fullmatch(child.name[3:]) and (child / MANIFEST).is_file():
+            if child.name.startswith("dt=") and _DATE.fullmatch(child.name[3:]) \
+                    and (holding is None or (child / holding).is_file()):
                 found.append(as_date(child.name[3:]))
         return sorted(found)
 
@@ -327,18 +329,23 @@ def replace_dir(stage: Path, target: Path) -> None:
         fsync_dir(target.parent)
 
 
-def write_json(path: Path, payload) -> None:
-    """Write JSON atomically and durably (temp file, fsync, rename, fsync of the directory), so
+def write_text(path: Path, text: str) -> None:
+    """Write a file atomically and durably (temp file, fsync, rename, fsync of the directory), so
     a crash or power loss leaves the old file or the new one, never an empty or partial one."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{_HOST}-{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    data = (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
     with open(tmp, "wb") as handle:
-        handle.write(data)
+        handle.write(text.encode("utf-8"))
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def write_json(path: Path, payload) -> None:
+    """``write_text`` of ``payload`` as indented, key-sorted JSON."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def read_json(path: Path):

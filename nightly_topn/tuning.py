@@ -111,7 +111,8 @@ class TuningResult:
                                **({"error": t.error} if t.error else {})} for t in self.trials]}
 
 
-def _params_with_seed(name: str, params: dict, seed: int) -> dict:
+def params_with_seed(name: str, params: dict, seed: int) -> dict:
+    """``params`` plus the run's ``seed`` for models that take one (same seed, same model)."""
     import inspect
 
     accepted = inspect.signature(MODELS[name].__init__).parameters
@@ -142,7 +143,7 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
                               or (max_trials and len(result.trials) >= max_trials)):
             state["stop"] = True
             return -np.inf
-        params = _params_with_seed(name, cfg, seed)
+        params = params_with_seed(name, cfg, seed)
         t0 = time.perf_counter()
         try:
             model = MODELS[name](**params).fit(fit, times)
@@ -183,7 +184,7 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     result.seconds = time.perf_counter() - started
     result.exhausted = not state["stop"]
     if not np.isfinite(result.best_metric):
-        result.best_params = _params_with_seed(name, best_cfg, seed)
+        result.best_params = params_with_seed(name, best_cfg, seed)
     return result
 
 

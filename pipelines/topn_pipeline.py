@@ -45,99 +45,6 @@ PARQUET_OPTIONS = dict(
 )
 
 
-class History:
-    """The ``users × items`` confidence rows of a features partition, read range by range.
-
-    preprocess writes ``interactions.parquet`` sorted by user in row groups of ~128K rows, so
-    each row group's ``user_index`` min/max statistics name the users it holds. ``history[a:b]``
-    reads only the row groups overlapping users ``a..b-1`` (three columns, no per-row Python)
-    and returns those rows as CSR, so a worker holds one range of history at a time, whatever
-    the total number of interactions. A file that is not sorted that way (no statistics,
-    overlapping ranges, unsorted rows) is read whole once and sliced.
-    """
-
-    COLUMNS = ["user_index", "item_index", "confidence"]
-
-    def __init__(self, features_dir: str):
-        import numpy as np
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
-
-        def rows(name):
-            with FileSystems.open(FileSystems.join(features_dir, name)) as handle:
-                return pq.read_metadata(handle).num_rows
-
-        self.shape = (rows("user_map.parquet"), rows("item_map.parquet"))
-        self._handle = FileSystems.open(FileSystems.join(features_dir, "interactions.parquet"))
-        self._file = pq.ParquetFile(self._handle)
-        self._whole = None
-        meta = self._file.metadata
-        column = meta.schema.to_arrow_schema().get_field_index("user_index")
-        stats = [meta.row_group(g).column(column).statistics for g in range(meta.num_row_groups)]
-        if all(st is not None and st.has_min_max for st in stats):
-            self._lo = np.array([st.min for st in stats], dtype=np.int64)
-            self._hi = np.array([st.max for st in stats], dtype=np.int64)
-            if np.any(self._lo > self._hi) or np.any(self._hi[:-1] > self._lo[1:]):
-                self._load_whole()
-        else:
-            self._load_whole()
-
-    def __getitem__(self, key: slice):
-        start, stop, step = key.indices(self.shape[0])
-        if step != 1:
-            raise IndexError("History supports contiguous user ranges only")
-        if self._whole is not None:
-            return self._whole[start:stop]
-        import numpy as np
-
-        groups = np.flatnonzero((self._hi >= start) & (self._lo < stop)).tolist()
-        users, items, conf = self._read(groups)
-        if len(users) and np.any(users[1:] < users[:-1]):  # statistics looked sorted, the rows are not
-            self._load_whole()
-            return self._whole[start:stop]
-        lo, hi = np.searchsorted(users, [start, stop])
-        return self._csr(users[lo:hi] - start, items[lo:hi], conf[lo:hi], stop - start)
-
-    def _read(self, groups: list[int]):
-        import numpy as np
-
-        if not groups:
-            return (np.empty(0, np.int32),) * 2 + (np.empty(0, np.float32),)
-        table = self._file.read_row_groups(groups, columns=self.COLUMNS, use_threads=False)
-        return tuple(table.column(name).to_numpy() for name in self.COLUMNS)
-
-    def _csr(self, rows, items, conf, n_rows: int, ordered: bool = True):
-        import numpy as np
-        import scipy.sparse as sp
-
-        shape = (n_rows, self.shape[1])
-        if not ordered:
-            matrix = sp.csr_matrix((conf, (rows, items)), shape=shape)
-        else:
-            index = np.int32 if len(rows) < 2**31 else np.int64
-            indptr = np.zeros(n_rows + 1, dtype=index)
-            np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-            matrix = sp.csr_matrix((conf, items.astype(index, copy=False), indptr), shape=shape)
-        matrix.sort_indices()
-        return matrix
-
-    def _load_whole(self) -> None:
-        users, items, conf = self._read(list(range(self._file.metadata.num_row_groups)))
-        self._whole = self._csr(users, items, conf, self.shape[0], ordered=False)
-
-    def close(self) -> None:
-        self._handle.close()
-
-
-def load_history(features_dir: str):
-    """The whole ``users × items`` confidence CSR of a features partition (20M interactions ≈ 240 MB)."""
-    history = History(features_dir)
-    try:
-        return history[:]
-    finally:
-        history.close()
-
-
 def local_copy(model_dir: str) -> str:
     """``model_dir`` itself when local; a remote one (``gs://``, ``s3://``, ``hdfs://``...) is
     copied once per worker into a temporary directory, since models load from a local path."""
@@ -168,6 +75,7 @@ class ScoreUserRange(beam.DoFn):
     def setup(self):
         # Heavy state once per worker, not per element; history is read per range (``History``).
         from nightly_topn import scoring
+        from nightly_topn.features import History
         from nightly_topn.models import load_model
 
         self.threads = scoring.configure_threads(self.threads or None)
@@ -191,10 +99,7 @@ class ScoreUserRange(beam.DoFn):
         items = np.full((len(users), self.top_n), -1, dtype=np.int32)
         scores = np.full((len(users), self.top_n), -np.inf, dtype=np.float32)
         history = self.history[start:end]
-        try:  # models that fold users in from their history score them too
-            known = np.asarray(self.model.has_user(users, history), dtype=bool)
-        except TypeError:  # a model with the older ``has_user(users)`` signature
-            known = np.asarray(self.model.has_user(users), dtype=bool)
+        known = np.asarray(self.model.has_user(users, history), dtype=bool)  # incl. users folded in from history
         for rows, scorer in ((np.flatnonzero(known), self.scorer), (np.flatnonzero(~known), self.fallback_scorer)):
             if not len(rows):
                 continue
@@ -224,15 +129,13 @@ class WriteRangeParquet(beam.DoFn):
         self.row_group_size = row_group_size
 
     def setup(self):
-        import pyarrow.parquet as pq
-        from apache_beam.io.filesystems import FileSystems
+        from nightly_topn.features import ITEM_MAP, USER_MAP, InteractionsFile
 
-        def column(name, col):
-            with FileSystems.open(FileSystems.join(self.features_dir, name)) as handle:
-                return pq.read_table(handle, columns=[col]).column(col).combine_chunks()
-
-        self.user_ids = column("user_map.parquet", "user_id")
-        self.item_ids = column("item_map.parquet", "item_id")
+        source = InteractionsFile(self.features_dir)
+        try:
+            self.user_ids, self.item_ids = source.ids(USER_MAP), source.ids(ITEM_MAP)
+        finally:
+            source.close()
 
     def to_batch(self, start, end, items, scores, known):
         """The range as one Arrow record batch in the ``schemas.TOPN`` layout (vectorised)."""
@@ -340,11 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv=None) -> None:
     """Run the pipeline to completion; part files appear in ``--output``."""
     known_args, pipeline_args = build_parser().parse_known_args(argv)
-    import pyarrow.parquet as pq
-    from apache_beam.io.filesystems import FileSystems
+    from nightly_topn.features import InteractionsFile
 
-    with FileSystems.open(FileSystems.join(known_args.features, "user_map.parquet")) as handle:
-        n_users = pq.read_metadata(handle).num_rows
+    source = InteractionsFile(known_args.features)
+    n_users = source.shape[0]
+    source.close()
     options = PipelineOptions(pipeline_args)
     threads = threads_per_worker(options, known_args.scoring_threads)
     with beam.Pipeline(options=options) as pipeline:

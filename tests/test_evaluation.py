@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from nightly_topn import protocols
+from nightly_topn import splits
 from nightly_topn.evaluation import intra_list_diversity, per_user_accuracy, ranking_metrics
 
 
@@ -73,7 +73,7 @@ def test_ndcg_and_map_agree_exactly_with_implicit():
 def test_random_protocol_rule():
     rng = np.random.default_rng(1)
     users = rng.integers(0, 30, 600)
-    s = protocols.random_split(users, seed=42)
+    s = splits.random_split(users, seed=42)
     keys = np.random.default_rng(42).random(len(users))
     for u in np.unique(users):
         rows = np.flatnonzero(users == u)
@@ -82,9 +82,9 @@ def test_random_protocol_rule():
         chosen = set(rows[np.argsort(keys[rows], kind="stable")[:expected]])
         assert set(np.flatnonzero(s.relevant & (users == u))) == chosen
     assert not (s.train & s.relevant).any() and (s.train | s.relevant).all()
-    small = protocols.random_split(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1]), seed=42)
+    small = splits.random_split(np.array([0, 0, 0, 0, 1, 1, 1, 1, 1]), seed=42)
     assert small.relevant[:4].sum() == 0 and small.relevant[4:].sum() == 1
-    again = protocols.random_split(users, seed=42)
+    again = splits.random_split(users, seed=42)
     assert np.array_equal(again.relevant, s.relevant)
 
 
@@ -92,7 +92,7 @@ def test_temporal_protocol_rule():
     users = np.array([0, 0, 1, 1, 2, 2, 0, 3, 1, 2])
     items = np.array([0, 1, 0, 2, 1, 2, 3, 0, 1, 4])
     times = np.arange(10) * 10
-    s = protocols.temporal_split(users, items, times, quantile=0.8)
+    s = splits.temporal_split(users, items, times, quantile=0.8)
     cutoff = np.percentile(times, 80)
     assert s.info["cutoff"] == cutoff
     assert np.array_equal(s.train, times < cutoff)
@@ -103,10 +103,10 @@ def test_temporal_protocol_rule():
 def test_validation_split_is_carved_from_train_the_same_way():
     rng = np.random.default_rng(3)
     users, items, times = rng.integers(0, 20, 400), rng.integers(0, 50, 400), rng.integers(0, 10_000, 400)
-    outer = protocols.random_split(users, seed=42)
-    fit, val = protocols.validation_split("random", users, items, times, outer.train, seed=42)
+    outer = splits.random_split(users, seed=42)
+    fit, val = splits.validation_split("random", users, items, times, outer.train, seed=42)
     assert not (fit & ~outer.train).any() and not (val & ~outer.train).any() and not (fit & val).any()
-    inner = protocols.random_split(users[outer.train], seed=43)
+    inner = splits.random_split(users[outer.train], seed=43)
     assert np.array_equal(val[outer.train], inner.relevant)
-    fit_t, val_t = protocols.validation_split("temporal", users, items, times, outer.train)
+    fit_t, val_t = splits.validation_split("temporal", users, items, times, outer.train)
     assert times[val_t].min() >= times[fit_t].max()

@@ -11,7 +11,6 @@ a second version of DATE that its gate passed. Every test works on its own copy 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import random

@@ -10,7 +10,7 @@ from conftest import SMALL_SOURCE, SMALL_WINDOW, run_day
 
 from nightly_topn.config import RunParams
 from nightly_topn.features import Features
-from nightly_topn.jobs.evaluate import QualityGateFailed, evaluate
+from nightly_topn.jobs.evaluate import QualityGateFailed
 from nightly_topn.jobs.ingest import ingest
 from nightly_topn.jobs.publish import publish
 from nightly_topn.jobs.topn import topn

@@ -220,7 +220,7 @@ def test_export_lines_escape_odd_ids_and_match_the_json_path(published):
     import numpy as np
 
     from nightly_topn import schemas
-    from nightly_topn.lookup import _json_lines, export_lines
+    from nightly_topn.lookup import json_lines, export_lines
 
     _, _, table = published
     batch = table.slice(0, 50).to_batches()[0]
@@ -233,8 +233,8 @@ def test_export_lines_escape_odd_ids_and_match_the_json_path(published):
             row["value"]["scores"] = np.float32(row["value"]["scores"]).tolist()
         return rows
 
-    assert parsed(fast) == parsed(_json_lines(batch.to_pylist(), "jsonl"))  # the Arrow path writes what json would
-    assert parsed(export_lines(batch, "tsv"), True) == parsed(_json_lines(batch.to_pylist(), "tsv"), True) == parsed(fast)
+    assert parsed(fast) == parsed(json_lines(batch.to_pylist(), "jsonl"))  # the Arrow path writes what json would
+    assert parsed(export_lines(batch, "tsv"), True) == parsed(json_lines(batch.to_pylist(), "tsv"), True) == parsed(fast)
     odd = pa.RecordBatch.from_pylist([
         {"user_id": 'u"1\\', "item_ids": ['i\t2', "i3"], "scores": [0.5, 0.25], "source": "model",
          "model_version": "v", "logical_date": dt.date(2024, 3, 4)},

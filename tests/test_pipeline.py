@@ -8,7 +8,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from nightly_topn.config import RunParams
-from nightly_topn.features import Features
+from nightly_topn.features import Features, History
 from nightly_topn.models import load_model
 from nightly_topn.pipelines import topn_pipeline
 from nightly_topn.storage import Storage
@@ -44,9 +44,9 @@ def read_version(path):
     return manifest, pa.concat_tables(pq.read_table(path / f) for f in manifest["files"])
 
 
-def test_load_history_equals_features_matrix(root):
+def test_history_equals_features_matrix(root):
     features_dir = Storage.at(root).partition("features", DATE)
-    history = topn_pipeline.load_history(str(features_dir))
+    history = History(str(features_dir))[:]
     expected = Features.load(features_dir).matrix()
     assert history.shape == expected.shape and history.dtype == np.float32
     assert (history != expected).nnz == 0
@@ -68,8 +68,8 @@ def test_history_ranges_read_only_their_row_groups(root, tmp_path):
     expected = Features.load(features_dir).matrix()
     table = pq.read_table(features_dir / "interactions.parquet")
     small = write_features(features_dir, tmp_path / "small_groups", table, row_group_size=97)
-    history = topn_pipeline.History(str(small))
-    assert history._whole is None and history._file.metadata.num_row_groups > 10  # read range by range
+    history = History(str(small))
+    assert history._whole is None and history._source.file.metadata.num_row_groups > 10  # read range by range
     n_users = expected.shape[0]
     for lo, hi in [(0, 1), (0, 57), (13, 200), (n_users - 5, n_users), (0, n_users), (5, 5)]:
         rows = history[lo:hi]
@@ -86,10 +86,10 @@ def test_history_of_an_unsorted_file_is_read_whole(root, tmp_path):
     shuffled = table.take(np.random.default_rng(0).permutation(table.num_rows))
     for name, rows_per_group in (("one_group", None), ("many_groups", 101)):
         target = write_features(features_dir, tmp_path / name, shuffled, row_group_size=rows_per_group)
-        history = topn_pipeline.History(str(target))
+        history = History(str(target))
         assert (history[10:90] != expected[10:90]).nnz == 0
         assert history._whole is not None
-        assert (topn_pipeline.load_history(str(target)) != expected).nnz == 0
+        assert (History(str(target))[:] != expected).nnz == 0
 
 
 def test_job_writes_sorted_part_files_index_and_manifest(root, single):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_day
 
-from nightly_topn import protocols, registry
+from nightly_topn import registry, splits
 from nightly_topn.jobs.evaluate import QualityGateFailed, evaluate
 from nightly_topn.jobs.rolling_eval import rolling_eval
 from nightly_topn.models import MODELS
@@ -17,7 +17,7 @@ DATE, NEXT = "2024-03-01", "2024-03-02"
 
 
 @pytest.fixture(scope="module")
-def splits():
+def fit_val():
     rng = np.random.default_rng(0)
     n_users, n_items = 300, 80
     taste = rng.normal(size=(n_users, 4))
@@ -25,15 +25,15 @@ def splits():
     logits = taste @ factor.T + rng.normal(0, 1.0, n_items)
     X = (logits + rng.gumbel(size=logits.shape) > 3.0)
     users, items = np.nonzero(X)
-    outer = protocols.random_split(users, seed=42)
-    fit_rows, val_rows = protocols.validation_split("random", users, items, None, outer.train, seed=42)
+    outer = splits.random_split(users, seed=42)
+    fit_rows, val_rows = splits.validation_split("random", users, items, None, outer.train, seed=42)
     shape = X.shape
-    mat = lambda m: protocols._binary(users[m], items[m], shape)  # noqa: E731
+    mat = lambda m: splits.binary_matrix(users[m], items[m], shape)  # noqa: E731
     return mat(fit_rows), mat(val_rows)
 
 
-def test_budget_zero_runs_one_trial_and_search_is_deterministic(splits):
-    fit, val = splits
+def test_budget_zero_runs_one_trial_and_search_is_deterministic(fit_val):
+    fit, val = fit_val
     one = tune_model("ease", fit, val, budget_seconds=0)
     assert len(one.trials) == 1 and one.best_params["l2"] == candidate_configs("ease")[0]["l2"]
     a = tune_model("ease", fit, val, budget_seconds=60, max_trials=6)
@@ -44,8 +44,8 @@ def test_budget_zero_runs_one_trial_and_search_is_deterministic(splits):
     assert a.best_metric >= one.best_metric
 
 
-def test_automatic_choice_beats_popularity_on_validation(splits):
-    fit, val = splits
+def test_automatic_choice_beats_popularity_on_validation(fit_val):
+    fit, val = fit_val
     results = tune_all(["popularity", "itemknn", "ease"], fit, val, budget_seconds=20)
     winner = choose(results)
     assert winner != "popularity"
@@ -170,7 +170,6 @@ def test_choice_rule_one_standard_error():
 
 def test_validation_fits_get_event_times(nightly, monkeypatch):
     """Order/recency models must see times during tuning too, not only in the final fits."""
-    from nightly_topn import protocols as P
     from nightly_topn.config import RunParams
     from nightly_topn.features import Features
     from nightly_topn.jobs import train as train_job
@@ -183,7 +182,7 @@ def test_validation_fits_get_event_times(nightly, monkeypatch):
         return {n: train_job.TuningResult(n, train_job.model_params(RunParams(), n), 0.1) for n in names}
 
     monkeypatch.setattr(train_job, "tune_all", fake_tune_all)
-    pairs = P.PairTable.load(Features.load(Storage.at(root).partition("features", DATE)))
+    pairs = splits.PairTable.of(Features.load(Storage.at(root).partition("features", DATE)))
     train_job.select(pairs, RunParams(tuning_budget_seconds=5))
     assert seen["times"] is not None and seen["times"].nnz == seen["fit"].nnz
     assert np.array_equal(seen["times"].indices, seen["fit"].indices)
@@ -198,7 +197,7 @@ def test_a_candidate_that_cannot_train_is_excluded_not_fatal(nightly, monkeypatc
     root, _ = nightly
     monkeypatch.setattr(train_job, "candidates_for", lambda params: ["popularity", "ease", "puresvd"])
     monkeypatch.setitem(tuning.GRIDS, "ease", {"max_dense_gb": [1e-9]})  # EASE refuses: "too large"
-    pairs = protocols.PairTable.load(Features.load(Storage.at(root).partition("features", DATE)))
+    pairs = splits.PairTable.of(Features.load(Storage.at(root).partition("features", DATE)))
     winner, results, info = train_job.select(pairs, RunParams(tuning_budget_seconds=5))
     assert "ease" not in results and "max_dense_gb" in info["excluded"]["ease"]
     assert winner == "puresvd"

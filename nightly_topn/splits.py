@@ -1,4 +1,4 @@
-"""Evaluation protocols: how interactions are split into train and test (and validation).
+"""Evaluation splits: how interactions are split into train and test (and validation), by protocol.
 
 Both work on parallel arrays of events/pairs in input order (``users``, ``items``, ``times``)
 and return a boolean ``test`` mask plus the rows that count as relevant:
@@ -30,13 +30,14 @@ class Split:
     relevant: np.ndarray
     info: dict
 
-    def matrices(self, users, items, shape, values=None) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    def matrices(self, users, items, shape) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Binary ``users × items`` train and test matrices (duplicates collapse to 1)."""
-        return (_binary(users[self.train], items[self.train], shape),
-                _binary(users[self.relevant], items[self.relevant], shape))
+        return (binary_matrix(users[self.train], items[self.train], shape),
+                binary_matrix(users[self.relevant], items[self.relevant], shape))
 
 
-def _binary(users, items, shape) -> sp.csr_matrix:
+def binary_matrix(users, items, shape) -> sp.csr_matrix:
+    """``users × items`` with a 1 at every listed pair (duplicates collapse to 1), float32."""
     m = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=shape)
     m.sum_duplicates()
     m.data[:] = 1.0
@@ -111,19 +112,14 @@ class PairTable:
     shape: tuple[int, int]
 
     @classmethod
-    def load(cls, features) -> "PairTable":
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(features.directory / "interactions.parquet", columns=["first_time", "last_time"])
-        return cls(np.asarray(features.users), np.asarray(features.items),
-                   pc.cast(table.column("first_time"), "int64").to_numpy(),
-                   pc.cast(table.column("last_time"), "int64").to_numpy(),
-                   np.asarray(features.split), features.shape)
+    def of(cls, features) -> "PairTable":
+        """The pairs of a loaded ``features.Features`` (no second read of the partition)."""
+        return cls(features.users, features.items, features.first_time, features.last_time, features.split,
+                   features.shape)
 
     def matrix(self, mask: np.ndarray | None = None) -> sp.csr_matrix:
         mask = np.ones(len(self.users), dtype=bool) if mask is None else mask
-        return _binary(self.users[mask], self.items[mask], self.shape)
+        return binary_matrix(self.users[mask], self.items[mask], self.shape)
 
     def times(self, mask: np.ndarray | None = None) -> sp.csr_matrix:
         """Latest event time per pair (seconds), same sparsity as ``matrix(mask)``."""
