@@ -56,7 +56,7 @@ def load(path: str):
 
 def run_protocol(protocol, users, items, times, shape, categories, *, budget, models, k, seed):
     split = splits.split(protocol, users, items, times, seed=seed)
-    train, test = split.matrices(users, items, shape)
+    train, test = (splits.binary_matrix(users[m], items[m], shape) for m in (split.train, split.relevant))
     fit_rows, val_rows = splits.validation_split(protocol, users, items, times, split.train, seed=seed)
     fit, val = (splits.binary_matrix(users[m], items[m], shape) for m in (fit_rows, val_rows))
 

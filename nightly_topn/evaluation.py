@@ -18,9 +18,6 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-ACCURACY = ("precision", "recall", "recall_capped", "ndcg", "map", "hit_rate", "mrr")
-
-
 def hits_matrix(recommended: np.ndarray, relevant: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``hits[r, j]`` = item at rank j of row r is relevant; and |rel| per row."""
     recs = np.asarray(recommended)[:, :k]

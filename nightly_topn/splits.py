@@ -30,11 +30,6 @@ class Split:
     relevant: np.ndarray
     info: dict
 
-    def matrices(self, users, items, shape) -> tuple[sp.csr_matrix, sp.csr_matrix]:
-        """Binary ``users × items`` train and test matrices (duplicates collapse to 1)."""
-        return (binary_matrix(users[self.train], items[self.train], shape),
-                binary_matrix(users[self.relevant], items[self.relevant], shape))
-
 
 def binary_matrix(users, items, shape) -> sp.csr_matrix:
     """``users × items`` with a 1 at every listed pair (duplicates collapse to 1), float32."""
