@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from nightly_topn import splits
+from nightly_topn.config import event_weights
 from nightly_topn.evaluation import evaluate_model
 from nightly_topn.models import MODELS
 from nightly_topn.sources.movielens import load_movielens
@@ -51,14 +52,32 @@ def load(path: str):
                 rows.append(r)
                 cols.append(col[c])
         categories = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(item_ids), len(names)))
-    return users, items_idx, times, (len(user_ids), len(item_ids)), categories
+    weights = event_weights()
+    confidence = (pc.cast(events.column("weight"), "float64").to_numpy()
+                  * np.array([weights[t] for t in events.column("event_type").to_pylist()]))
+    return users, items_idx, times, (len(user_ids), len(item_ids)), categories, confidence
 
 
-def run_protocol(protocol, users, items, times, shape, categories, *, budget, models, k, seed):
+def run_protocol(protocol, users, items, times, shape, categories, confidence, *, budget, models, k, seed,
+                 inputs="weighted"):
+    """``inputs="weighted"``: models fit on each pair's confidence (event weights, as preprocess
+    makes them) and search their ``confidence`` transform; ``"binary"``: every pair is 1 and the
+    transform is fixed to binary (what every model saw before confidences reached them)."""
+    if inputs not in ("weighted", "binary"):
+        raise ValueError(f"inputs must be 'weighted' or 'binary', got {inputs!r}")
     split = splits.split(protocol, users, items, times, seed=seed)
-    train, test = (splits.binary_matrix(users[m], items[m], shape) for m in (split.train, split.relevant))
+    test = splits.binary_matrix(users[split.relevant], items[split.relevant], shape)
     fit_rows, val_rows = splits.validation_split(protocol, users, items, times, split.train, seed=seed)
-    fit, val = (splits.binary_matrix(users[m], items[m], shape) for m in (fit_rows, val_rows))
+    val = splits.binary_matrix(users[val_rows], items[val_rows], shape)
+
+    def inputs_of(mask):  # what the models fit on and score from
+        if inputs == "binary":
+            return splits.binary_matrix(users[mask], items[mask], shape)
+        m = sp.csr_matrix((confidence[mask].astype(np.float32), (users[mask], items[mask])), shape=shape)
+        m.sum_duplicates()
+        return m
+
+    train, fit = inputs_of(split.train), inputs_of(fit_rows)
 
     def times_of(mask):  # latest event time (s) per pair, for models that use order/recency
         t = sp.csr_matrix((times[mask] / 1e6, (users[mask], items[mask])), shape=shape)
@@ -66,7 +85,8 @@ def run_protocol(protocol, users, items, times, shape, categories, *, budget, mo
         return t
 
     started = time.perf_counter()
-    tuned = tune_all(models, fit, val, times=times_of(fit_rows), k=k, budget_seconds=budget, seed=seed)
+    fixed = {"confidence": "binary"} if inputs == "binary" else {}
+    tuned = tune_all(models, fit, val, times=times_of(fit_rows), k=k, budget_seconds=budget, seed=seed, fixed=fixed)
     tuning_seconds = time.perf_counter() - started
     rows = {}
     for name, result in tuned.items():
@@ -76,7 +96,7 @@ def run_protocol(protocol, users, items, times, shape, categories, *, budget, mo
                       "validation_se": result.summary().get("best_metric_se"),
                       "trials": len(result.trials), "exhausted": result.exhausted, "test": metrics}
     auto = choose(tuned)
-    return {"protocol": protocol, "split": split.info, "auto": auto, "models": rows,
+    return {"protocol": protocol, "inputs": inputs, "split": split.info, "auto": auto, "models": rows,
             "tuning_seconds": round(tuning_seconds, 1), "budget_seconds": budget}
 
 

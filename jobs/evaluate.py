@@ -111,7 +111,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     info = registry.model_info(store, date, required=True)
     pairs = splits.PairTable.of(features)
     split = splits.pipeline_split(pairs, info.get("protocol", params.eval_protocol), seed=params.seed)
-    train, holdout = pairs.matrix(split.train), pairs.matrix(split.relevant)
+    train, holdout = pairs.matrix(split.train), pairs.relevance(split.relevant)
     users = np.flatnonzero(np.diff(holdout.indptr) > 0)
     if not len(users):
         raise QualityGateFailed(f"{date}: the holdout is empty; cannot evaluate (features {features.directory})")
@@ -128,7 +128,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                                        item_categories=categories)
     champion = _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params)
     gate = _gate(results, info["model"], champion, params)
-    item_pop = np.asarray(train.sum(axis=0)).ravel()
+    item_pop = np.asarray((train > 0).sum(axis=0)).ravel()  # interactions per item
     evaluation = {"date": date.isoformat(), "k": k, "model": info["model"], "params": info.get("params"),
                   "model_version": info["model_version"], "protocol": info.get("protocol", params.eval_protocol),
                   "selection": info.get("selection"), "tuning_seconds": info.get("tuning_seconds"),

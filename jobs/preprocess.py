@@ -1,8 +1,10 @@
 """Preprocess: turn the training window's raw events into model-ready interactions.
 
 Window = the ``train_window_days`` days up to and including the run date. Steps: drop events
-after the run date (point in time), dedupe identical events, weight each event by type into a
-confidence, aggregate per (user, item), filter rare items/users, map ids to dense indices
+after the run date (point in time), dedupe identical events, weight each event into a
+confidence (the deployment's weight of its type, ``config.event_weights``, times the event's
+own ``weight``: a play count, a quantity, the stars of a rating; optionally decayed by age,
+``recency_half_life_days``), aggregate per (user, item), filter rare items/users, map ids to dense indices
 (sorted external ids, so the mapping is deterministic), and split off a temporal holdout:
 pairs first seen at or after the ``holdout_quantile`` of event times, whose user and item also
 occur before it.
@@ -17,7 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from nightly_topn import schemas
-from nightly_topn.config import RunParams
+from nightly_topn.config import RunParams, event_weights
 from nightly_topn.errors import BadInput, MissingPartition
 from nightly_topn.storage import Storage, as_date, read_json, read_table, write_table
 
@@ -55,10 +57,16 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
     stats = {"events_in": len(events)}
     events = events[events["event_time"] < end]
     events = events.dropna(subset=["user_id", "item_id", "weight"])
-    events = events[events["event_type"].isin(list(schemas.EVENT_TYPE_CONFIDENCE)) & (events["weight"] >= 0)]
+    type_weights = event_weights()
+    events = events[events["event_type"].isin(list(type_weights)) & (events["weight"] >= 0)]
     events = events.drop_duplicates(["user_id", "item_id", "event_type", "event_time"])
     stats["events_clean"] = len(events)
-    conf = events["event_type"].map(schemas.EVENT_TYPE_CONFIDENCE).astype("float32") * events["weight"].astype("float32")
+    stats["event_weights"] = type_weights
+    # confidence = the type's weight x the event's own weight (a play count, a quantity, the stars)
+    conf = events["event_type"].map(type_weights).astype("float32") * events["weight"].astype("float32")
+    if params.recency_half_life_days > 0:  # halves every half-life before the end of the run date
+        age_days = (end - events["event_time"]).dt.total_seconds().to_numpy() / 86_400.0
+        conf = conf * np.exp2(-age_days / params.recency_half_life_days).astype("float32")
     pairs = (
         events.assign(confidence=conf)
         .groupby(["user_id", "item_id"], sort=False)

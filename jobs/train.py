@@ -94,7 +94,7 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         winner = names[-1] if params.model != "auto" else next(n for n in ("ease", "als", "popularity") if n in names)
         info["selection"] = f"{reason}: {winner} by default"
         return winner, results, info
-    results = tune_all(names, pairs.matrix(fit_rows), pairs.matrix(val_rows), times=pairs.times(fit_rows),
+    results = tune_all(names, pairs.matrix(fit_rows), pairs.relevance(val_rows), times=pairs.times(fit_rows),
                        k=params.eval_k, budget_seconds=params.tuning_budget_seconds, seed=params.seed)
     failed = {n: r.trials[0].error for n, r in results.items() if r.trials and all(t.error for t in r.trials)}
     if failed:  # e.g. EASE refusing a catalogue too large for dense memory: not a candidate tonight

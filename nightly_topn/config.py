@@ -91,6 +91,41 @@ def runner_of(args: list[str]) -> str:
     return runner.rsplit(".", 1)[-1]
 
 
+EVENT_WEIGHTS_ENV = "NIGHTLY_TOPN_EVENT_WEIGHTS"
+
+
+def event_weights() -> dict[str, float]:
+    """Confidence per event type: ``schemas.EVENT_TYPE_CONFIDENCE`` with the deployment's
+    overrides from ``$NIGHTLY_TOPN_EVENT_WEIGHTS``, a JSON object such as
+    ``{"purchase": 8, "view": 0.5}`` (a type weighted 0 is ignored). A deployment decision, not a
+    run knob: every date of a backfill must weigh events alike. Anything else is ``ConfigError``."""
+    import json
+    import math
+
+    from nightly_topn.schemas import EVENT_TYPE_CONFIDENCE
+
+    weights = dict(EVENT_TYPE_CONFIDENCE)
+    raw = os.environ.get(EVENT_WEIGHTS_ENV, "").strip()
+    if not raw:
+        return weights
+    try:
+        overrides = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{EVENT_WEIGHTS_ENV} is not JSON ({exc})") from None
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{EVENT_WEIGHTS_ENV} must be a JSON object of event type -> weight, "
+                          f"got a {type(overrides).__name__}")
+    for name, value in overrides.items():
+        if name not in weights:
+            raise ConfigError(f"{EVENT_WEIGHTS_ENV}: unknown event type {name!r}; known: {sorted(weights)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"{EVENT_WEIGHTS_ENV}: the weight of {name!r} must be a finite number >= 0, got {value!r}")
+        weights[name] = float(value)
+    if not any(weights.values()):
+        raise ConfigError(f"{EVENT_WEIGHTS_ENV} weighs every event type 0: nothing would be trained on")
+    return weights
+
+
 @dataclass(frozen=True, config=ConfigDict(extra="forbid", allow_inf_nan=False))
 class RunParams:
     """Per-run knobs shared by the jobs, the DAG's Params and the CLI (one set of defaults and
@@ -104,6 +139,10 @@ class RunParams:
         ge=1, le=1000, description="Users with fewer distinct items are not trained on (they get the fallback).")] = 1
     min_item_interactions: Annotated[int, Field(
         ge=1, le=1000, description="Items with fewer distinct users are dropped from the catalog.")] = 2
+    recency_half_life_days: Annotated[float, Field(
+        ge=0.0, le=3650.0,
+        description="Older events weigh less: an event this many days before the end of the run date "
+                    "counts half (0 = every event of the window counts fully).")] = 0.0
     holdout_quantile: Annotated[float, Field(
         ge=0.5, le=0.99,
         description="Pairs first seen after this quantile of event times form the evaluation holdout.")] = 0.8

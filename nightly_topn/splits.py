@@ -97,10 +97,15 @@ def validation_split(protocol: str, users, items, times, train_mask: np.ndarray,
 
 @dataclass
 class PairTable:
-    """The prepared (user, item) pairs of a features partition, in file order, with times in µs."""
+    """The prepared (user, item) pairs of a features partition, in file order, with times in µs.
+
+    Models fit on confidences (``matrix``: what preprocess made of the events; each model
+    decides how to weigh them); evaluation counts every pair as one positive (``relevance``).
+    """
 
     users: np.ndarray
     items: np.ndarray
+    confidence: np.ndarray
     first_time: np.ndarray
     last_time: np.ndarray
     split: np.ndarray  # preprocess's temporal labels: "train" / "holdout" / "late"
@@ -109,10 +114,19 @@ class PairTable:
     @classmethod
     def of(cls, features) -> "PairTable":
         """The pairs of a loaded ``features.Features`` (no second read of the partition)."""
-        return cls(features.users, features.items, features.first_time, features.last_time, features.split,
-                   features.shape)
+        return cls(features.users, features.items, features.confidence, features.first_time, features.last_time,
+                   features.split, features.shape)
 
     def matrix(self, mask: np.ndarray | None = None) -> sp.csr_matrix:
+        """``users × items`` confidences of the pairs in ``mask`` (all when None), float32."""
+        mask = np.ones(len(self.users), dtype=bool) if mask is None else mask
+        m = sp.csr_matrix((self.confidence[mask].astype(np.float32), (self.users[mask], self.items[mask])),
+                          shape=self.shape)
+        m.sum_duplicates()
+        return m
+
+    def relevance(self, mask: np.ndarray | None = None) -> sp.csr_matrix:
+        """``users × items`` binary relevance of the pairs in ``mask`` (the evaluation rule)."""
         mask = np.ones(len(self.users), dtype=bool) if mask is None else mask
         return binary_matrix(self.users[mask], self.items[mask], self.shape)
 

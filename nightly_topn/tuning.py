@@ -38,14 +38,18 @@ PATIENCE = 8
 
 # Grids: dicts of lists (cartesian product). Scales are wide and logarithmic so the same grid
 # works from a few hundred users to hundreds of thousands (tune the method, not the numbers).
+#: The confidence transforms a model may be searched over (``models.confidence``), binary first:
+#: the search starts from "every pair is one positive" and keeps a weighting only if it validates better.
+CONFIDENCE = ["binary", "log", "linear"]
 GRIDS: dict[str, dict[str, list]] = {
     "popularity": {},
-    "ease": {"l2": [500.0, 100.0, 2000.0, 200.0, 1000.0, 30.0, 300.0, 5000.0, 700.0, 10.0, 20000.0, 3.0]},
-    "puresvd": {"factors": [16, 64, 8, 32, 128, 12, 24, 48, 4, 256, 96]},
+    "ease": {"l2": [500.0, 100.0, 2000.0, 200.0, 1000.0, 30.0, 300.0, 5000.0, 700.0, 10.0, 20000.0, 3.0],
+             "confidence": CONFIDENCE},
+    "puresvd": {"factors": [16, 64, 8, 32, 128, 12, 24, 48, 4, 256, 96], "confidence": CONFIDENCE},
     "itemknn": {"weighting": ["bm25", "cosine"], "neighbours": [50, 200, 20, 100, 400, 10, 1000],
-                "k1": [1.2, 0.3, 3.0, 10.0], "b": [0.75, 0.25, 1.0, 0.5]},
+                "k1": [1.2, 0.3, 3.0, 10.0], "b": [0.75, 0.25, 1.0, 0.5], "confidence": CONFIDENCE},
     "als": {"factors": [64, 32, 128, 16, 256], "regularization": [0.1, 1.0, 10.0, 30.0, 100.0],
-            "alpha": [2.0, 0.5, 10.0, 40.0], "iterations": [15, 30]},
+            "alpha": [2.0, 0.5, 10.0, 40.0], "iterations": [15, 30], "confidence": CONFIDENCE},
     "bpr": {"factors": [64, 128, 32, 256], "learning_rate": [0.05, 0.01, 0.1], "regularization": [0.01, 0.001, 0.1],
             "iterations": [100, 300, 30]},
     "horizon": {"epochs": [60, 30, 120], "half_life_days": [30.0, 7.0, 120.0], "horizon_days": [14, 7, 28],
@@ -121,15 +125,17 @@ def params_with_seed(name: str, params: dict, seed: int) -> dict:
 
 def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
                k: int = 10, budget_seconds: float = 60.0, seed: int = 42, metric: str = "ndcg",
-               max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2) -> TuningResult:
+               max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2,
+               fixed: dict | None = None) -> TuningResult:
     """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` (at least one trial runs).
 
     Order: greedy coordinate descent from the grid's first values (each knob swept with the
     others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
     budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
+    ``fixed``: knobs held at a value instead of searched (those the model has).
     """
-    grid = GRIDS.get(name, {})
+    grid = _grid(name, fixed)
     started = time.perf_counter()
     result = TuningResult(name, {}, -np.inf, budget_seconds=budget_seconds)
     tried: dict[tuple, float] = {}
@@ -176,7 +182,8 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
         if best_cfg == before or state["stop"]:
             break
     state["since_best"] = 0
-    remaining = candidate_configs(name, seed)
+    remaining = [cfg for cfg in candidate_configs(name, seed) if all(cfg.get(key, value) == value
+                                                                      for key, value in (fixed or {}).items())]
     for cfg in remaining:
         if state["stop"] or (patience and state["since_best"] >= patience):
             break
@@ -188,6 +195,15 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     return result
 
 
+def _grid(name: str, fixed: dict | None) -> dict[str, list]:
+    """``name``'s grid with the ``fixed`` knobs it has reduced to their one value."""
+    grid = dict(GRIDS.get(name, {}))
+    for key, value in (fixed or {}).items():
+        if key in grid:
+            grid[key] = [value]
+    return grid
+
+
 def split_budget(candidates, total_seconds: float) -> dict[str, float]:
     weights = {c: BUDGET_WEIGHTS.get(c, 1.0) for c in candidates}
     total = sum(weights.values()) or 1.0
@@ -196,7 +212,8 @@ def split_budget(candidates, total_seconds: float) -> dict[str, float]:
 
 def tune_all(candidates, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
              k: int = 10, budget_seconds: float = 300.0, seed: int = 42, metric: str = "ndcg",
-             max_trials: int | None = None, patience: int | None = PATIENCE) -> dict[str, TuningResult]:
+             max_trials: int | None = None, patience: int | None = PATIENCE,
+             fixed: dict | None = None) -> dict[str, TuningResult]:
     """Tune every candidate; the budget is split by ``BUDGET_WEIGHTS`` and unused time carries over."""
     unknown = set(candidates) - set(MODELS)
     if unknown:
@@ -207,7 +224,7 @@ def tune_all(candidates, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times
     for name in candidates:
         budget = shares[name] + carry
         results[name] = tune_model(name, fit, validation, times=times, k=k, budget_seconds=budget, seed=seed,
-                                   metric=metric, max_trials=max_trials, patience=patience)
+                                   metric=metric, max_trials=max_trials, patience=patience, fixed=fixed)
         carry = max(0.0, budget - results[name].seconds) if results[name].exhausted else 0.0
     return results
 

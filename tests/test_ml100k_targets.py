@@ -1,5 +1,6 @@
 """The issue's bar on real data, efficiently: MovieLens 100K, protocol R (per-user 20 %, seed 42)
-and T (80th-percentile cutoff), automatic choice with a small tuning budget, K=10.
+and T (80th-percentile cutoff), automatic choice with a small tuning budget, K=10, the models
+fitting on each rating's confidence (its stars) with the transform searched, as the pipeline does.
 
 The full table (every model, larger budget) is ``benchmarks/models_ml100k.py``; this test keeps
 the candidates that decide the bar (popularity, PureSVD, EASE) so it runs in about a minute.
@@ -26,7 +27,7 @@ def test_protocol_r_auto_choice_reaches_the_best_target(ml):
     assert test["popularity"]["recall_capped"] == pytest.approx(0.216, abs=0.001)
     auto = test[res["auto"]]
     assert res["auto"] != "popularity"
-    assert auto["ndcg"] >= 0.440 - 0.005
+    assert auto["ndcg"] >= 0.440  # the best tuned baseline's figure, reached by fitting on the ratings' weights
     assert auto["recall_capped"] >= 0.419 - 0.005
 
 

@@ -3,7 +3,9 @@
 Known users are scored with their learned factors; a user the model was not trained on (or
 who had no training rows) is folded in from the history row: a least-squares solve against
 the fixed item factors (ALS's own user update; a ridge projection for BPR), or the
-projection ``h Vᵀ V`` for PureSVD.
+projection ``h Vᵀ V`` for PureSVD. ALS and PureSVD weigh their input by their ``confidence``
+knob (``models.confidence``); BPR is binary by construction (``implicit`` samples a user's
+positives uniformly, whatever their values).
 """
 from __future__ import annotations
 
@@ -12,25 +14,27 @@ import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
 from nightly_topn.models.base import Recommender, align_history, binarize
+from nightly_topn.models.confidence import check_scheme, weigh
 
 
 def fold_in_als(item_factors: np.ndarray, history: sp.csr_matrix, regularization: float, alpha: float) -> np.ndarray:
     """Implicit-ALS user update for each history row: ``(YᵀY + Yₛᵀ(C-1)Yₛ + λI)⁻¹ Yₛᵀ C 1``.
 
-    ``history`` is binary; confidence of a positive is ``alpha`` (as ``implicit`` scales it).
+    ``history`` holds the (weighted) positives; the confidence of one is ``alpha`` times its
+    value, as ``implicit`` scales its input.
     """
     Y = item_factors.astype(np.float64)
     f = Y.shape[1]
     gram = Y.T @ Y + regularization * np.eye(f)
     out = np.zeros((history.shape[0], f), dtype=np.float64)
     for row in range(history.shape[0]):
-        idx = history.indices[history.indptr[row]:history.indptr[row + 1]]
-        if not len(idx):
+        lo, hi = history.indptr[row], history.indptr[row + 1]
+        if lo == hi:
             continue
-        Ys = Y[idx]
-        conf = max(alpha, 1e-6)
-        A = gram + (conf - 1.0) * (Ys.T @ Ys)
-        b = conf * Ys.sum(axis=0)
+        Ys = Y[history.indices[lo:hi]]
+        conf = np.maximum(alpha * history.data[lo:hi].astype(np.float64), 1e-6)
+        A = gram + Ys.T @ ((conf - 1.0)[:, None] * Ys)
+        b = conf @ Ys
         out[row] = np.linalg.solve(A, b)
     return out.astype(np.float32)
 
@@ -41,9 +45,13 @@ class _FactorModel(Recommender):
     def _fold_in(self, history: sp.csr_matrix) -> np.ndarray:
         raise NotImplementedError
 
+    def _input(self, matrix: sp.csr_matrix) -> sp.csr_matrix:
+        """The model's view of interactions or history rows (its confidence weighting)."""
+        return binarize(matrix)
+
     def _fit_implicit(self, model, interactions: sp.csr_matrix) -> "_FactorModel":
-        """Fit an ``implicit`` model on binarised interactions and keep its factors."""
-        X = binarize(interactions)
+        """Fit an ``implicit`` model on the weighted interactions and keep its factors."""
+        X = self._input(interactions)
         with threadpool_limits(1, "blas"):  # implicit's own threads do the work; BLAS threads would contend
             model.fit(X, show_progress=False)
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
@@ -54,7 +62,7 @@ class _FactorModel(Recommender):
 
     def score(self, users, history):
         users = np.asarray(users)
-        history = binarize(align_history(history, self.n_items))
+        history = self._input(align_history(history, self.n_items))
         known = self._trained_users(users)
         vecs = np.zeros((len(users), self.item_factors.shape[1]), dtype=np.float32)
         if known.any():
@@ -73,14 +81,17 @@ class _FactorModel(Recommender):
 
 
 class ALS(_FactorModel):
-    """``implicit`` alternating least squares on binary interactions scaled by ``alpha``."""
+    """``implicit`` alternating least squares on weighted interactions scaled by ``alpha``."""
 
     name = "als"
 
     def __init__(self, factors: int = 64, regularization: float = 0.05, alpha: float = 2.0,
-                 iterations: int = 15, seed: int = 42, **extra):
+                 iterations: int = 15, confidence: str = "binary", seed: int = 42, **extra):
         super().__init__(factors=factors, regularization=regularization, alpha=alpha,
-                         iterations=iterations, seed=seed, **extra)
+                         iterations=iterations, confidence=check_scheme(confidence), seed=seed, **extra)
+
+    def _input(self, matrix):
+        return weigh(matrix, self.params["confidence"])
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "ALS":
         from implicit.cpu.als import AlternatingLeastSquares
@@ -127,17 +138,17 @@ class BPR(_FactorModel):
 
 
 class PureSVD(Recommender):
-    """Truncated SVD of the binary matrix (scikit-learn); scores ``h Vᵀ V`` from the history."""
+    """Truncated SVD of the weighted matrix (scikit-learn); scores ``h Vᵀ V`` from the history."""
 
     name = "puresvd"
 
-    def __init__(self, factors: int = 64, n_iter: int = 7, seed: int = 42, **extra):
-        super().__init__(factors=factors, n_iter=n_iter, seed=seed, **extra)
+    def __init__(self, factors: int = 64, n_iter: int = 7, confidence: str = "binary", seed: int = 42, **extra):
+        super().__init__(factors=factors, n_iter=n_iter, confidence=check_scheme(confidence), seed=seed, **extra)
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "PureSVD":
         from sklearn.decomposition import TruncatedSVD
 
-        X = binarize(interactions).astype(np.float64)
+        X = weigh(interactions, self.params["confidence"]).astype(np.float64)
         k = int(min(self.params["factors"], min(X.shape) - 1))
         if k < 1:
             raise ValueError(f"PureSVD needs at least 2 users and 2 items, got {X.shape}")
@@ -150,7 +161,7 @@ class PureSVD(Recommender):
         return self
 
     def score(self, users, history):
-        history = binarize(align_history(history, self.n_items))
+        history = weigh(align_history(history, self.n_items), self.params["confidence"])
         return np.asarray((history @ self.item_factors) @ self.item_factors.T, dtype=np.float32)
 
     def _arrays(self):

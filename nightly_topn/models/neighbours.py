@@ -1,7 +1,8 @@
 """Item-item models: ``implicit`` item-kNN (cosine or BM25 weighting) and EASE (closed form).
 
 Both score a user as ``history × item-item matrix``, so any user with history — including one
-who arrived after training — is scored the same way.
+who arrived after training — is scored the same way. Both weigh their input (training matrix
+and history rows alike) by their ``confidence`` knob (``models.confidence``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import Recommender, align_history, binarize, sparse_arrays, sparse_from
+from nightly_topn.models.base import Recommender, align_history, sparse_arrays, sparse_from
+from nightly_topn.models.confidence import check_scheme, weigh
 
 
 class ItemKNN(Recommender):
@@ -18,10 +20,12 @@ class ItemKNN(Recommender):
 
     name = "itemknn"
 
-    def __init__(self, weighting: str = "bm25", neighbours: int = 100, k1: float = 1.2, b: float = 0.75, **extra):
+    def __init__(self, weighting: str = "bm25", neighbours: int = 100, k1: float = 1.2, b: float = 0.75,
+                 confidence: str = "binary", **extra):
         if weighting not in ("cosine", "bm25"):
             raise ValueError(f"itemknn weighting must be 'cosine' or 'bm25', got {weighting!r}")
-        super().__init__(weighting=weighting, neighbours=neighbours, k1=k1, b=b, **extra)
+        super().__init__(weighting=weighting, neighbours=neighbours, k1=k1, b=b, confidence=check_scheme(confidence),
+                         **extra)
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "ItemKNN":
         from implicit.nearest_neighbours import BM25Recommender, CosineRecommender
@@ -31,7 +35,7 @@ class ItemKNN(Recommender):
             model = BM25Recommender(K=int(p["neighbours"]), K1=float(p["k1"]), B=float(p["b"]), num_threads=1)
         else:
             model = CosineRecommender(K=int(p["neighbours"]), num_threads=1)
-        X = binarize(interactions)
+        X = weigh(interactions, p["confidence"])  # BM25's term frequencies when weighted
         with warnings.catch_warnings():  # implicit's BM25 weighting hands itself a COO matrix and warns
             warnings.simplefilter("ignore")
             model.fit(X, show_progress=False)
@@ -41,7 +45,7 @@ class ItemKNN(Recommender):
         return self
 
     def score(self, users, history):
-        history = binarize(align_history(history, self.n_items))
+        history = weigh(align_history(history, self.n_items), self.params["confidence"])
         return np.asarray((history @ self.similarity).toarray(), dtype=np.float32)
 
     def _arrays(self):
@@ -63,11 +67,11 @@ class EASE(Recommender):
 
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, max_dense_gb: float = 4.0, **extra):
-        super().__init__(l2=l2, max_dense_gb=max_dense_gb, **extra)
+    def __init__(self, l2: float = 500.0, max_dense_gb: float = 4.0, confidence: str = "binary", **extra):
+        super().__init__(l2=l2, max_dense_gb=max_dense_gb, confidence=check_scheme(confidence), **extra)
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "EASE":
-        X = binarize(interactions)
+        X = weigh(interactions, self.params["confidence"])
         n_users, n_items = X.shape
         lam = float(self.params["l2"])
         dim = min(n_users, n_items)
@@ -108,7 +112,7 @@ class EASE(Recommender):
         return (history.toarray() - np.asarray(self.X.T @ (hxt @ self.M).T).T) / lam
 
     def score(self, users, history):
-        history = binarize(align_history(history, self.n_items))
+        history = weigh(align_history(history, self.n_items), self.params["confidence"])
         hp = self._hp(history)
         return (history.toarray() - hp / self.diag_p).astype(np.float32)
 
