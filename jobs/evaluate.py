@@ -27,6 +27,7 @@ from nightly_topn import registry, splits
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import evaluate_model, recommend_all
 from nightly_topn.features import Features
+from nightly_topn.jobs.rolling_eval import ROLLING_FILE, served
 from nightly_topn.errors import QualityGateFailed
 from nightly_topn.models import MODELS, load_model
 from nightly_topn.storage import Storage, as_date, write_json
@@ -66,7 +67,13 @@ def _gate(results: dict, winner: str, champion: dict | None, params: RunParams) 
         checks[0]["detail"] = (f"{winner} NDCG@{k}={win:.4f} does not beat popularity {pop:.4f} by "
                                f"{params.min_lift_over_popularity:.0%} (needs > {need:.4f})"
                                + (": the winner is popularity itself" if winner == "popularity" else ""))
-    if champion and champion.get("ndcg") is not None:
+    worse = (champion or {}).get("served_below_popularity")
+    if worse:  # what users did after the champion's lists went out says it is not worth protecting
+        checks.append({"check": "not worse than the live champion", "passed": True,
+                       "detail": f"live {champion['model']} (from {champion['date']}) is not protected: its lists did "
+                                 f"worse than popularity with what users did in the next {worse['horizon_days']} days "
+                                 f"(NDCG@{worse['k']} {worse['ndcg']:.4f} vs {worse['popularity']:.4f})"})
+    elif champion and champion.get("ndcg") is not None:
         floor = champion["ndcg"] * (1 - params.champion_tolerance)
         checks.append({"check": "not worse than the live champion", "passed": bool(win >= floor),
                        "detail": f"{winner} NDCG@{k}={win:.4f} vs live {champion['model']} (from {champion['date']}) "
@@ -81,10 +88,24 @@ def _gate(results: dict, winner: str, champion: dict | None, params: RunParams) 
             "reason": "; ".join(c["detail"] for c in checks if not c["passed"]) or "all checks passed"}
 
 
+def latest_served(store: Storage, date) -> dict | None:
+    """The newest complete rolling evaluation of lists published before ``date``: what users did
+    with what they were served, shown next to tonight's holdout figures."""
+    for day in reversed(store.dates("reports", holding=ROLLING_FILE)):
+        if day < as_date(date) and (result := served(store, day)):
+            return result
+    return None
+
+
 def _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params) -> dict | None:
     champ = registry.champion(store, before=date)
     if not champ:
         return None
+    seen = served(store, champ["date"])
+    if seen and seen["ndcg"] is not None and seen["popularity"]["ndcg"] is not None \
+            and seen["ndcg"] < seen["popularity"]["ndcg"]:
+        champ = {**champ, "served_below_popularity": {"ndcg": seen["ndcg"], "popularity": seen["popularity"]["ndcg"],
+                                                      "k": seen["k"], "horizon_days": seen["horizon_days"]}}
     same = champ["model"] == info["model"] and champ["params"] == info["params"]
     if same and info["model"] in results:
         return {**champ, "ndcg": results[info["model"]]["ndcg"], "note": "same configuration as tonight's winner"}
@@ -138,6 +159,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                                "new_users": int((segments[users] == "new").sum())},
                   "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
+                  "served": latest_served(store, date),
                   "code_version": registry.code_version()}
     reports = store.partition("reports", date)
     write_json(reports / registry.EVALUATION_FILE, evaluation)

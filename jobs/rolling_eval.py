@@ -7,8 +7,13 @@ no interaction in the horizon are not counted. A date whose horizon is not fully
 reported as ``complete: false`` (and left out of the aggregate). A backfill over a replayed
 dataset therefore yields the whole history of served quality.
 
+Next to each date's figures: what the popularity baseline of that run would have served the
+same users, so "the lists did worse than popularity with what users really did" is visible
+(the quality gate then no longer protects that champion, ``jobs.evaluate``).
+
 Writes ``reports/dt=D/rolling_eval.json`` per date and ``reports/rolling_eval.json`` (all dates
-+ aggregate), which the run report shows.
++ aggregate), which the run report shows. The daily DAG runs ``rolling_eval(D)``, scoring the
+date whose horizon day D completes; by hand, every published date at once::
 
     python -m nightly_topn.jobs.rolling_eval [--root DIR] [--until YYYY-MM-DD] [--horizon 7] [--k 10]
 """
@@ -32,6 +37,7 @@ from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, write_js
 
 log = logging.getLogger(__name__)
 METRICS = ("hit_rate", "recall", "recall_capped", "ndcg")
+ROLLING_FILE = "rolling_eval.json"
 
 
 def published_dates(store: Storage, until=None) -> list[dt.date]:
@@ -91,20 +97,50 @@ def score_lists(users: list[str], lists: list[list[str]], relevant: dict[str, se
     return {"users": len(rows), **{m: float(np.nanmean(per_user[m])) for m in METRICS}}
 
 
-def rolling_eval(date=None, *, root=None, params: RunParams = RunParams(), horizon_days: int = 7) -> dict:
-    """Score every published date up to ``date`` (default: all) against its next ``horizon_days``."""
-    store = Storage.at(root)
-    k = params.eval_k
-    per_date = []
-    for day in published_dates(store, date):
-        users, lists, version = _lists(store, day)
-        relevant, landed = _future(store, day, horizon_days)
-        result = {"date": day.isoformat(), "model_version": version, "k": k, "horizon_days": horizon_days,
-                  "days_landed": landed, "complete": landed == horizon_days, "listed_users": len(users),
-                  **score_lists(users, lists, relevant, k)}
-        write_json(store.partition("reports", day) / "rolling_eval.json", result)
-        per_date.append(result)
-        log.info("rolling eval %s (%s): %s", day, version, {m: result[m] for m in ("users", *METRICS)})
+def _popularity_lists(store: Storage, day, user_ids: list[str], k: int) -> list[list[str]]:
+    """What the popularity baseline of ``day``'s run would have served ``user_ids`` (seen items
+    excluded, as in the published lists): the yardstick of the served lists."""
+    from nightly_topn.evaluation import recommend_all
+    from nightly_topn.features import Features
+    from nightly_topn.models import load_model
+
+    features = Features.load(store.partition("features", day))
+    index = {u: i for i, u in enumerate(features.user_ids)}
+    rows = np.array([index[u] for u in user_ids if u in index], dtype=np.int64)
+    model = load_model(store.partition("models", day) / "final" / "popularity")
+    recs = recommend_all(model, rows, features.matrix(), k)
+    by_user = {features.user_ids[r]: [features.item_ids[i] for i in rec if i >= 0] for r, rec in zip(rows, recs)}
+    return [by_user.get(u, []) for u in user_ids]
+
+
+def served_quality(store: Storage, day, *, k: int, horizon_days: int = 7) -> dict:
+    """Score the lists published for ``day``, and popularity's, against D+1 … D+``horizon_days``;
+    writes ``reports/dt=D/rolling_eval.json``."""
+    day = as_date(day)
+    users, lists, version = _lists(store, day)
+    relevant, landed = _future(store, day, horizon_days)
+    active = [u for u in users if u in relevant]
+    result = {"date": day.isoformat(), "model_version": version, "k": k, "horizon_days": horizon_days,
+              "days_landed": landed, "complete": landed == horizon_days, "listed_users": len(users),
+              **score_lists(users, lists, relevant, k),
+              "popularity": score_lists(active, _popularity_lists(store, day, active, k), relevant, k)}
+    write_json(store.partition("reports", day) / ROLLING_FILE, result)
+    log.info("rolling eval %s (%s): %s; popularity ndcg %s", day, version,
+             {m: result[m] for m in ("users", *METRICS)}, result["popularity"]["ndcg"])
+    return result
+
+
+def served(store: Storage, day) -> dict | None:
+    """``day``'s rolling result when its horizon has fully landed, else None."""
+    path = store.partition("reports", day) / ROLLING_FILE
+    result = read_json(path) if path.is_file() else None
+    return result if result and result.get("complete") and result.get("users") else None
+
+
+def summarise(store: Storage, until=None, *, horizon_days: int = 7, k: int = RunParams.eval_k) -> dict:
+    """``reports/rolling_eval.json``: every scored date up to ``until``, and the aggregate of the complete ones."""
+    days = [d for d in store.dates("reports", holding=ROLLING_FILE) if until is None or d <= as_date(until)]
+    per_date = [read_json(store.partition("reports", d) / ROLLING_FILE) for d in days]
     done = [r for r in per_date if r["complete"] and r["users"]]
     weights = np.array([r["users"] for r in done], dtype=np.float64)
     aggregate = {"dates": len(done)}
@@ -112,10 +148,32 @@ def rolling_eval(date=None, *, root=None, params: RunParams = RunParams(), horiz
         values = np.array([r[m] for r in done], dtype=np.float64)
         aggregate[f"{m}_mean_over_dates"] = float(values.mean()) if len(done) else None
         aggregate[f"{m}_user_weighted"] = float((values * weights).sum() / weights.sum()) if len(done) else None
-    summary = {"horizon_days": horizon_days, "k": k, "until": as_date(date).isoformat() if date else None,
+    summary = {"horizon_days": horizon_days, "k": k, "until": as_date(until).isoformat() if until else None,
                "dates": per_date, "aggregate": aggregate}
-    write_json(store.root / "reports" / "rolling_eval.json", summary)
+    write_json(store.root / "reports" / ROLLING_FILE, summary)
     return summary
+
+
+def rolling_eval(date, *, root=None, params: RunParams = RunParams(), horizon_days: int = 7) -> dict:
+    """The nightly job: once day ``date`` has landed, the lists published for ``date - horizon_days``
+    have their whole horizon; score them (if that date published any) and refresh the summary."""
+    store = Storage.at(root)
+    date = as_date(date)
+    day = date - dt.timedelta(days=horizon_days)
+    result = served_quality(store, day, k=params.eval_k, horizon_days=horizon_days) \
+        if day in published_dates(store, day) else None
+    summary = summarise(store, date, horizon_days=horizon_days, k=params.eval_k)
+    return {"date": date.isoformat(), "scored": day.isoformat() if result else None,
+            "reason": None if result else f"nothing was published for {day}", "result": result,
+            "aggregate": summary["aggregate"]}
+
+
+def rolling_eval_all(until=None, *, root=None, params: RunParams = RunParams(), horizon_days: int = 7) -> dict:
+    """Score every published date up to ``until`` (default: all): a backfill of served quality."""
+    store = Storage.at(root)
+    for day in published_dates(store, until):
+        served_quality(store, day, k=params.eval_k, horizon_days=horizon_days)
+    return summarise(store, until, horizon_days=horizon_days, k=params.eval_k)
 
 
 def main(argv=None) -> int:
@@ -126,7 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=RunParams.eval_k)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    summary = rolling_eval(args.until, root=args.root, params=RunParams(eval_k=args.k), horizon_days=args.horizon)
+    summary = rolling_eval_all(args.until, root=args.root, params=RunParams(eval_k=args.k), horizon_days=args.horizon)
     for row in summary["dates"]:
         print(json.dumps({k: row[k] for k in ("date", "users", "complete", *METRICS)}))
     print(json.dumps({"aggregate": summary["aggregate"]}))

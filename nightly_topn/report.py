@@ -38,6 +38,8 @@ def _env():
 
 def _fmt(value) -> str:
     """A float with 4 decimals ("–" if not finite); anything else as text (the template escapes it)."""
+    if value is None:
+        return "–"
     if isinstance(value, float):
         return "–" if not np.isfinite(value) else f"{value:.4f}"
     return str(value)
@@ -166,6 +168,17 @@ def _rolling(store: Storage) -> dict | None:
     return {"chart": chart, "aggregate": ", ".join(f"{k}={_fmt(v)}" for k, v in data.get("aggregate", {}).items())}
 
 
+def _served(evaluation: dict) -> dict | None:
+    """The newest complete rolling evaluation (``evaluation["served"]``), published vs popularity."""
+    seen = evaluation.get("served")
+    if not seen:
+        return None
+    metrics = ("ndcg", "recall_capped", "hit_rate")
+    return {**{k: seen[k] for k in ("date", "model_version", "users", "horizon_days", "k")}, "metrics": metrics,
+            "published": [_fmt(seen.get(m)) for m in metrics],
+            "popularity": [_fmt((seen.get("popularity") or {}).get(m)) for m in metrics]}
+
+
 def render(store: Storage, date, evaluation: dict, *, recommended=None, item_popularity=None,
            registry_record: dict | None = None) -> str:
     """The report page as HTML text (``date`` is taken from ``evaluation``; kept for callers)."""
@@ -187,6 +200,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "tuning": _tuning(registry_record), "trend": _trend(store, as_date(evaluation["date"])), "profile": profile,
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
+        "served": _served(evaluation),
     }
     return _env().get_template("report.html.j2").render(context)
 

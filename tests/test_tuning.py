@@ -8,7 +8,7 @@ from conftest import run_day
 
 from nightly_topn import registry, splits
 from nightly_topn.jobs.evaluate import QualityGateFailed, evaluate
-from nightly_topn.jobs.rolling_eval import rolling_eval
+from nightly_topn.jobs.rolling_eval import rolling_eval, rolling_eval_all, served
 from nightly_topn.models import MODELS
 from nightly_topn.storage import Storage
 from nightly_topn.tuning import candidate_configs, choose, tune_all, tune_model
@@ -132,13 +132,48 @@ def test_champion_tolerance_blocks_a_worse_candidate(nightly):
 
 def test_rolling_eval_scores_published_lists_against_the_next_days(nightly):
     root, _ = nightly
-    summary = rolling_eval(root=root, horizon_days=7)
+    summary = rolling_eval_all(root=root, horizon_days=7)
     dates = [d["date"] for d in summary["dates"]]
     assert DATE in dates and NEXT not in dates  # NEXT's gate failed: never published
     row = summary["dates"][dates.index(DATE)]
     assert row["days_landed"] == 1 and not row["complete"]  # only NEXT's raw events exist so far
     assert row["users"] > 0 and 0.0 <= row["ndcg"] <= 1.0 and 0.0 <= row["hit_rate"] <= 1.0
+    assert row["popularity"]["users"] == row["users"]  # the baseline scored on the same users
+    assert row["ndcg"] > row["popularity"]["ndcg"]  # the published lists beat it with what users did
     assert (Storage.at(root).root / "reports" / "rolling_eval.json").is_file()
+    # the nightly job scores the date whose horizon the run date completes: nothing published 7 days before NEXT
+    nightly_job = rolling_eval(NEXT, root=root, horizon_days=7)
+    assert nightly_job["scored"] is None and "nothing was published for" in nightly_job["reason"]
+    assert rolling_eval(NEXT, root=root, horizon_days=1)["scored"] == DATE  # NEXT completes DATE's 1-day horizon
+    assert served(Storage.at(root), DATE)["horizon_days"] == 1  # complete now: what the gate and report read
+
+
+def test_a_champion_whose_served_lists_lost_to_popularity_is_not_protected(nightly):
+    """The holdout may favour the live model, but if what users did after its lists went out says
+    popularity served them better, champion_tolerance does not keep a challenger out."""
+    from nightly_topn.config import RunParams
+    from nightly_topn.storage import write_json
+
+    root, _ = nightly
+    store = Storage.at(root)
+    path = store.partition("reports", DATE) / "rolling_eval.json"
+    write_json(path, {"date": DATE, "model_version": "v", "k": 10, "horizon_days": 7, "days_landed": 7,
+                      "complete": True, "listed_users": 10, "users": 10, "ndcg": 0.05, "hit_rate": 0.1,
+                      "recall": 0.1, "recall_capped": 0.1, "popularity": {"users": 10, "ndcg": 0.08}})
+    try:
+        run_day(NEXT, root, until="train", model="popularity", tuning_budget_seconds=1)
+        with pytest.raises(QualityGateFailed):
+            evaluate(NEXT, root=root, params=RunParams(model="popularity", champion_tolerance=0.0))
+        evaluation = json.loads((store.partition("reports", NEXT) / "evaluation.json").read_text())
+        checks = {c["check"]: c for c in evaluation["gate"]["checks"]}
+        assert not checks["beats popularity"]["passed"]  # still refused: it is popularity itself
+        assert checks["not worse than the live champion"]["passed"]
+        assert "is not protected" in checks["not worse than the live champion"]["detail"]
+        assert evaluation["served"]["date"] == DATE
+        page = (store.partition("reports", NEXT) / "report.html").read_text()
+        assert "What users did with the lists they were served" in page and "0.0800" in page
+    finally:
+        path.unlink()
 
 
 def test_score_lists_by_hand():
