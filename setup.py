@@ -16,6 +16,7 @@ setup(
         "nightly_topn",
         "nightly_topn.sources",
         "nightly_topn.models",
+        "nightly_topn.serving",
         "nightly_topn.jobs",
         "nightly_topn.pipelines",
         "nightly_topn.expectations",
@@ -39,6 +40,8 @@ setup(
         "scipy>=1.11",
         "scikit-learn>=1.5",
         "threadpoolctl>=3",  # imported directly (BLAS threads off while implicit trains)
+        "redis>=5,<9",  # versioned loads into Redis and the service's Redis backend
+        "prometheus-client>=0.20",  # the service's /metrics
         "pydantic>=2",  # typed run parameters
         "filelock>=3.12",  # the date and publish locks
         "psutil>=5.9",  # is a staging folder's writer still alive

@@ -45,6 +45,7 @@ from airflow.sdk import Param, dag, get_current_context, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 
 from nightly_topn.config import knob_schemas
+from nightly_topn.serving.assets import event_extra, lists_asset
 
 DATE_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 INGEST_POOL = "nightly_topn_ingest"
@@ -130,6 +131,9 @@ def _fail_fast(exc: Exception):
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
 
 
+#: The published lists: ``publish``'s outlet, what downstream DAGs (``serve_redis``) schedule on.
+TOPN_LISTS = lists_asset()
+
 RETRY_TRANSIENT = {"retries": 3, "retry_delay": dt.timedelta(seconds=20), "retry_exponential_backoff": 2.0,
                    "max_retry_delay": dt.timedelta(minutes=10)}
 
@@ -207,11 +211,21 @@ def nightly_topn():
         date. Records its verdict in the version; a hard failure stops the run, the live lists stay."""
         return _job("validate_topn", date, version=version)["version"]
 
-    @task(retries=2, retry_delay=dt.timedelta(seconds=10), retry_exponential_backoff=2.0)
+    @task(outlets=[TOPN_LISTS], retries=2, retry_delay=dt.timedelta(seconds=10), retry_exponential_backoff=2.0)
     def publish(date: str, version: str) -> dict:
         """**Publish**: point ``topn/CURRENT.json`` at the version the gate passed -- unless
-        ``publish`` is off (dry run) or D is older than the live date and ``allow_older`` is off."""
-        return _job("publish", date, version=version)
+        ``publish`` is off (dry run) or D is older than the live date and ``allow_older`` is off.
+
+        A real move emits an event of the Asset ``nightly_topn_lists`` (extra: date, version,
+        model_version, rows); otherwise the task is *skipped*, which emits no event, so a dry run
+        or a backfill of history triggers no downstream load."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        result = _job("publish", date, version=version)
+        if not result["published"]:
+            raise AirflowSkipException(f"nothing went live: {result.get('reason') or result['pointer']['reason']}")
+        get_current_context()["outlet_events"][TOPN_LISTS].extra = event_extra(result)
+        return result
 
     date = ingest()
     gates = validate_raw(date) >> preprocess(date) >> validate_features(date) >> train(date) >> evaluate(date)

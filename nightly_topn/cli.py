@@ -4,6 +4,8 @@
     nightly-topn run --date 2024-03-01          # every job of the day, in order
     nightly-topn lookup u000042 [--date D]      # one user's published list (JSON)
     nightly-topn export lists.jsonl [--format jsonl|tsv] [--date D]   # every list, for a KV store
+    nightly-topn load-redis [URL]               # the live lists into Redis (URL: $NIGHTLY_TOPN_REDIS_URL)
+    nightly-topn serve [--port 8080] [--backend parquet|redis]   # HTTP lookups ($NIGHTLY_TOPN_API_TOKEN)
 
 Every knob is checked against its bounds (``nightly_topn.config.RunParams``) before any work
 starts. A failure prints one line naming the problem (``nightly-topn: error: ...``) and exits
@@ -62,6 +64,7 @@ def main(argv=None) -> int:
     export.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
     export.add_argument("--date", help="a given date's (gated) lists instead of the live ones")
     export.add_argument("--root")
+    _add_serving(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -73,10 +76,42 @@ def main(argv=None) -> int:
         return exc.exit_code
 
 
+def _add_serving(sub) -> None:
+    load = sub.add_parser("load-redis", help="load the live lists into Redis as a new version and switch to it")
+    load.add_argument("url", nargs="?", help="redis://:PASSWORD@HOST:PORT/DB (default $NIGHTLY_TOPN_REDIS_URL; "
+                                             "prefer the variable: a command line is visible to other users)")
+    load.add_argument("--root")
+    load.add_argument("--prefix", default="nightly_topn", help="key prefix (default nightly_topn)")
+    serve = sub.add_parser("serve", help="HTTP lookups of the live lists (token: $NIGHTLY_TOPN_API_TOKEN)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--backend", choices=["parquet", "redis"], default="parquet",
+                       help="parquet: the published files (default); redis: $NIGHTLY_TOPN_REDIS_URL")
+    serve.add_argument("--root")
+    serve.add_argument("--prefix", default=None, help="Redis key prefix (default nightly_topn)")
+    serve.add_argument("--poll-seconds", type=float, default=1.0, help="how often to look for new lists")
+    serve.add_argument("--no-auth", action="store_true", help="serve without a token (local use only)")
+    serve.add_argument("--lazy", action="store_true", help="parquet backend: read row groups on demand instead "
+                                                           "of holding every list in memory (slower)")
+    serve.add_argument("--access-log", action="store_true")
+
+
 def _dispatch(args) -> int:
     from nightly_topn.jobs import preflight, run_day, run_job
     from nightly_topn.storage import as_date
 
+    if args.command == "load-redis":
+        from nightly_topn.serving.redis_store import load_published
+
+        print(json.dumps(load_published(args.url, root=args.root, prefix=args.prefix)))
+        return 0
+    if args.command == "serve":
+        from nightly_topn.serving.service import serve
+
+        serve(args.host, args.port, backend=args.backend, root=args.root, no_auth=args.no_auth,
+              poll_seconds=args.poll_seconds, redis_prefix=args.prefix, preload=not args.lazy,
+              access_log=args.access_log)
+        return 0
     if args.command == "lookup":
         from nightly_topn.lookup import lookup
 
