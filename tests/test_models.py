@@ -161,12 +161,49 @@ def test_horizon_model_learns_from_cutoffs_and_trend(data):
     X, T = data
     timed = MODELS["horizon"](**FAST["horizon"]).fit(X, T)
     plain = MODELS["horizon"](**FAST["horizon"]).fit(X)
-    assert np.any(timed.weights["trend_now"] > 0) and not np.any(plain.weights["trend_now"])
+    assert timed.net.trend_now.gt(0).any() and not plain.net.trend_now.any()
     users = np.arange(0, X.shape[0], 2)
     assert not np.array_equal(timed.recommend(users, X[users], 10)[0], plain.recommend(users, X[users], 10)[0])
     # recency: trained users are scored from their time-weighted history, not the binary row
     row = timed.recency[int(np.argmax(np.diff(X.indptr)))]
     assert row.data.min() < row.data.max() <= 1.0
+
+
+def test_importing_the_models_does_not_import_torch():
+    """Airflow parses the DAGs and Beam pickles the DoFns: the torch networks are built on first use."""
+    import subprocess
+    import sys
+
+    code = "import sys, nightly_topn.models; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+@pytest.mark.parametrize("name, extra", [("multvae", {"ensemble": 2}), ("sequence", {}), ("horizon", {})])
+def test_torch_models_save_the_state_dict_and_score_the_same_after_loading(name, extra, data, tmp_path, monkeypatch):
+    """The npz holds each network's ``state_dict`` (``m0.<key>``, plain float arrays); the loaded
+    model scores trained and folded-in users exactly as the fitted one, and in row blocks as in one."""
+    from nightly_topn.models import base
+
+    X, T = data
+    model = MODELS[name](**FAST[name], **extra).fit(X, T)
+    nets = model.members if name == "multvae" else [model.net]
+    assert len(nets) == extra.get("ensemble", 1)
+    model.save(tmp_path)
+    with np.load(tmp_path / "model.npz", allow_pickle=False) as arrays:
+        state = {k: arrays[k] for k in arrays.files if k.startswith("m") and "." in k}
+    assert set(state) == {f"m{m}.{key}" for m, net in enumerate(nets) for key in net.state_dict()}
+    for m, net in enumerate(nets):
+        for key, tensor in net.state_dict().items():
+            np.testing.assert_array_equal(state[f"m{m}.{key}"], tensor.numpy())
+    loaded = load_model(tmp_path)
+    users = np.arange(X.shape[0] + 5)  # the last 5 were not trained on: folded in from a history row
+    history = sp.vstack([X, X[:5]]).tocsr()
+    expected = model.score(users, history)
+    assert expected.shape == (len(users), X.shape[1]) and expected.dtype == np.float32
+    np.testing.assert_array_equal(loaded.score(users, history), expected)
+    np.testing.assert_array_equal(model.score(users, history), expected)  # eval mode: no dropout noise
+    monkeypatch.setattr(base, "TORCH_SCORE_BLOCK", 7 * X.shape[1])  # blocks of 7 users
+    np.testing.assert_allclose(loaded.score(users, history), expected, rtol=1e-5, atol=1e-6)
 
 
 # -- loading a broken model directory: one line naming the file, never a traceback -----------------
@@ -260,6 +297,23 @@ def test_arrays_that_do_not_fit_model_json_are_bad_input(name, saved, tmp_path):
     other = "als" if name == "popularity" else "popularity"
     npz.write_bytes((saved / other / "model.npz").read_bytes())  # the arrays of another model
     assert str(_load_error(directory)).startswith(f"cannot load model {npz}: arrays missing or of the wrong shape")
+
+
+@pytest.mark.parametrize("name", ["multvae", "sequence", "horizon"])
+def test_torch_state_of_the_wrong_shape_is_bad_input_naming_the_array(name, saved, tmp_path):
+    directory = _copy(saved, name, tmp_path)
+    npz = directory / "model.npz"
+    with np.load(npz, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    key = next(k for k in sorted(arrays) if k.startswith("m0.") and arrays[k].ndim == 2)
+    np.savez(npz, **{**arrays, key: arrays[key][:, :-1]})
+    error = _load_error(directory)
+    assert str(error).startswith(f"cannot load model {npz}: arrays missing or of the wrong shape")
+    assert f"(ValueError: {key} has shape {arrays[key][:, :-1].shape}, the network needs {arrays[key].shape})" in str(error)
+    np.savez(npz, **{k: v for k, v in arrays.items() if k != key})
+    assert f"(KeyError: '{key}')" in str(_load_error(directory))
+    np.savez(npz, **arrays, **{"m0.extra.weight": np.zeros(3, np.float32)})
+    assert "unexpected arrays ['m0.extra.weight']" in str(_load_error(directory))
 
 
 def test_corrupt_registry_file_is_bad_input_naming_it(tmp_path):

@@ -18,16 +18,20 @@ MovieLens 100K this is what beats EASE/PureSVD/ALS (the benchmark shows by how m
 Scoring uses the history as of the end of training (stored recency weights) for trained users;
 any other user is folded in from the history row (weight 1 = "recent"). Without ``times`` the
 model degrades to a denoising autoencoder of the whole history (no cut-offs, no trend).
-Weights are saved as plain arrays (npz); scoring runs in numpy, so loading never unpickles.
+Training and scoring run the same network (``_network()``; scoring in eval mode under
+``torch.inference_mode``); its ``state_dict`` is saved as plain arrays (npz, ``m0.enc.weight``, ...),
+so loading never unpickles anything.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import (Recommender, align_history, binarize, sparse_arrays, sparse_from,
-                                      torch_threads)
-from nightly_topn.models.sequence import DAY, trend_table
+from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, sparse_arrays,
+                                      sparse_from, state_arrays, torch_rows, torch_scores, torch_threads)
+from nightly_topn.models.sequence import DAY, TREND_FEATURES, trend_table
 
 
 def _days(X: sp.csr_matrix, times: sp.csr_matrix | None) -> np.ndarray | None:
@@ -48,6 +52,40 @@ def _days(X: sp.csr_matrix, times: sp.csr_matrix | None) -> np.ndarray | None:
     return np.floor((vals - start) / DAY).astype(np.int64)
 
 
+@functools.cache
+def _network():
+    """The ``nn.Module`` class, defined on first use: importing this file must not import torch
+    (Airflow parses the DAGs, Beam pickles the DoFns)."""
+    import torch
+    from torch import nn
+
+    class HorizonNet(nn.Module):
+        """Normalised weighted history → tanh encoder → item logits, plus a learned function of
+        each item's trend features. The encoder is linear on the sparse history (``torch_rows``):
+        an embedding bag + bias."""
+
+        def __init__(self, n_items: int, hidden: int, dropout: float):
+            super().__init__()
+            self.enc, self.enc_bias = nn.EmbeddingBag(n_items, hidden, mode="sum"), nn.Parameter(torch.zeros(hidden))
+            self.dec = nn.Linear(hidden, n_items)
+            self.trend_mlp = nn.Sequential(nn.Linear(TREND_FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
+            self.drop = nn.Dropout(dropout)
+            self.register_buffer("trend_now", torch.zeros(n_items, TREND_FEATURES))  # trend after training
+            nn.init.xavier_uniform_(self.enc.weight)
+            nn.init.xavier_uniform_(self.dec.weight)
+            nn.init.zeros_(self.dec.bias)
+
+        def forward(self, history, trend=None, cutoff=None):
+            """Logits for ``history`` rows (``torch_rows`` of the weighted history); ``trend`` (cut-offs
+            × items × features) and ``cutoff`` (the row's cut-off in it), by default ``trend_now`` for every row."""
+            items, offsets, weights = history
+            h = torch.tanh(self.enc(items, offsets, per_sample_weights=self.drop(weights)) + self.enc_bias)
+            item_trend = self.trend_mlp(self.trend_now if trend is None else trend).squeeze(-1)
+            return self.dec(self.drop(h)) + (item_trend if cutoff is None else item_trend[cutoff])
+
+    return HorizonNet
+
+
 class HorizonRecommender(Recommender):
     name = "horizon"
 
@@ -65,7 +103,7 @@ class HorizonRecommender(Recommender):
         rows = np.repeat(np.arange(n_users), np.diff(X.indptr))
         cols = X.indices
         if days is None:  # no order known: reconstruct the whole history (denoising autoencoder)
-            trend = np.zeros((1, n_items, 4), dtype=np.float32)
+            trend = np.zeros((1, n_items, TREND_FEATURES), dtype=np.float32)
             return X, X, np.zeros(n_users, dtype=np.int64), trend, X, 0
         last = int(days.max())
         end = last + 1
@@ -102,7 +140,6 @@ class HorizonRecommender(Recommender):
         import torch
 
         torch.set_num_threads(torch_threads())
-        nn = torch.nn
         p = self.params
         X = binarize(interactions)
         X.sort_indices()
@@ -112,15 +149,8 @@ class HorizonRecommender(Recommender):
         inputs, targets, taus, trend, recency, end = self._examples(X, _days(X, times))
         torch.manual_seed(int(p["seed"]))
         gen = torch.Generator().manual_seed(int(p["seed"]))
-        hidden = int(p["hidden"])
-        enc, dec = nn.Linear(n_items, hidden), nn.Linear(hidden, n_items)
-        trend_mlp = nn.Sequential(nn.Linear(trend.shape[-1], 16), nn.Tanh(), nn.Linear(16, 1))
-        for layer in (enc, dec):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        params = [q for m in (enc, dec, trend_mlp) for q in m.parameters()]
-        opt = torch.optim.Adam(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
-        drop = nn.Dropout(float(p["dropout"]))
+        net = self._net(n_items).train()
+        opt = torch.optim.Adam(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         trend_t = torch.from_numpy(trend)
         taus_t = torch.from_numpy(taus.astype(np.int64))
         batch = int(p["batch_size"])
@@ -129,48 +159,39 @@ class HorizonRecommender(Recommender):
             order = torch.randperm(n_ex, generator=gen).numpy()
             for lo in range(0, n_ex, batch):
                 sel = order[lo:lo + batch]
-                x = torch.from_numpy(inputs[sel].toarray())
                 y = torch.from_numpy(targets[sel].toarray())
-                h = torch.tanh(enc(drop(nn.functional.normalize(x, dim=1))))
                 uniq, inverse = torch.unique(taus_t[sel], return_inverse=True)
-                logits = dec(drop(h)) + trend_mlp(trend_t[uniq]).squeeze(-1)[inverse]
+                logits = net(torch_rows(inputs[sel]), trend_t[uniq], inverse)
                 loss = -(torch.log_softmax(logits, dim=1) * y).sum(dim=1).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-
-        def arr(t, transpose=False):
-            a = t.detach().numpy()
-            return (a.T if transpose else a).copy()
-
-        self.weights = {"enc_w": arr(enc.weight, True), "enc_b": arr(enc.bias), "dec_w": arr(dec.weight, True),
-                        "dec_b": arr(dec.bias), "trend1_w": arr(trend_mlp[0].weight, True),
-                        "trend1_b": arr(trend_mlp[0].bias), "trend2_w": arr(trend_mlp[2].weight, True),
-                        "trend2_b": arr(trend_mlp[2].bias), "trend_now": trend[min(end, len(trend) - 1)].copy()}
+        with torch.no_grad():
+            net.trend_now.copy_(trend_t[min(end, len(trend) - 1)])
+        self.net = net.eval()
         self.recency = sp.csr_matrix(recency, dtype=np.float32)
         self.known = np.diff(X.indptr) > 0
         self.n_users, self.n_items = n_users, n_items
         return self
 
+    def _net(self, n_items: int):
+        return _network()(n_items, int(self.params["hidden"]), float(self.params["dropout"]))
+
     def score(self, users, history):
         users = np.asarray(users)
         history = binarize(align_history(history, self.n_items))
         known = self._trained_users(users)
-        x = history.toarray()
-        if known.any():
-            x[known] = self.recency[users[known]].toarray()
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
-        x = x / np.where(norms > 0, norms, 1.0)
-        w = self.weights
-        h = np.tanh(x @ w["enc_w"] + w["enc_b"])
-        item_trend = (np.tanh(w["trend_now"] @ w["trend1_w"] + w["trend1_b"]) @ w["trend2_w"] + w["trend2_b"]).ravel()
-        return (h @ w["dec_w"] + w["dec_b"] + item_trend).astype(np.float32)
+        take = np.arange(len(users))  # trained users: their time-weighted history at the end of training
+        take[known] = len(users) + np.arange(known.sum())
+        x = sp.vstack([history, self.recency[users[known]]], format="csr")[take]
+        return torch_scores([self.net], len(users), self.n_items,
+                            lambda lo, hi: self.net(torch_rows(x[lo:hi])))
 
     def _arrays(self):
-        return {**{f"w_{k}": v for k, v in self.weights.items()}, **sparse_arrays("recency", self.recency),
-                "known": self.known}
+        return {**state_arrays([self.net]), **sparse_arrays("recency", self.recency), "known": self.known}
 
     def _restore(self, arrays):
-        self.weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w_")}
+        self.net = self._net(self.n_items)
+        load_states([self.net], arrays)
         self.recency = sparse_from("recency", arrays).astype(np.float32)
         self.known = arrays["known"].astype(bool)

@@ -11,8 +11,9 @@ embeddings + item bias) plus a learned function of each item's *recent* populari
 over the preceding ``TREND_WINDOWS`` days, as of the moment being predicted). Trained with
 full-softmax cross-entropy to predict each next item from the items before it and the
 catalogue's trend at that time; at scoring time the trend is the one at the end of training.
-The learned weights are saved as plain arrays (npz) and scoring runs
-in numpy, so loading never unpickles anything.
+Training and scoring run the same network (``_network()``; scoring in eval mode under
+``torch.inference_mode``); its ``state_dict`` is saved as plain arrays (npz, ``m0.item_emb.weight``,
+...), so loading never unpickles anything.
 
 Order: ``fit`` takes ``times`` (CSR aligned with ``interactions``: the pair's latest event
 time) to build sequences and stores each trained user's last ``max_len`` items. A user the
@@ -21,15 +22,17 @@ are taken in index order (a bag), which still works but loses recency.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import Recommender, align_history, binarize, torch_threads
-
-
+from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, state_arrays,
+                                      torch_scores, torch_threads)
 
 DAY = 86_400.0
 TREND_WINDOWS = (1, 7, 30)  # days of recent activity per trend feature (+ all history before)
+TREND_FEATURES = len(TREND_WINDOWS) + 1  # features per item and day in ``trend_table``
 
 
 def trend_table(items: np.ndarray, days: np.ndarray, n_items: int, n_days: int) -> np.ndarray:
@@ -67,6 +70,47 @@ def user_sequences(interactions: sp.csr_matrix, times: sp.csr_matrix | None) -> 
     return out
 
 
+@functools.cache
+def _network():
+    """The ``nn.Module`` class, defined on first use: importing this file must not import torch
+    (Airflow parses the DAGs, Beam pickles the DoFns)."""
+    import torch
+    from torch import nn
+
+    class SequenceNet(nn.Module):
+        """Item + position embeddings of a window → attention pooling → residual MLP → item logits,
+        plus a learned function of each item's trend features."""
+
+        def __init__(self, n_items: int, max_len: int, dim: int, dropout: float):
+            super().__init__()
+            self.pad = n_items  # the index of "no item" (left padding)
+            self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+            self.pos_emb = nn.Parameter(torch.zeros(max_len, dim))
+            self.att = nn.Linear(dim, 1)
+            self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))
+            self.norm = nn.LayerNorm(dim)
+            self.out_emb = nn.Linear(dim, n_items)
+            self.trend_mlp = nn.Sequential(nn.Linear(TREND_FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
+            self.drop = nn.Dropout(dropout)
+            self.register_buffer("trend_now", torch.zeros(n_items, TREND_FEATURES))  # trend after training
+            nn.init.normal_(self.item_emb.weight, std=0.05)
+            with torch.no_grad():
+                self.item_emb.weight[self.pad].zero_()
+
+        def forward(self, window, trend=None, day=None):
+            """Logits for each row of ``window`` (the last ``max_len`` item indices, left-padded);
+            ``trend`` (days × items × features) and ``day`` (the row's day in it), by default
+            ``trend_now`` for every row."""
+            e = self.drop(self.item_emb(window) + self.pos_emb)
+            a = self.att(torch.tanh(e)).squeeze(-1).masked_fill(window == self.pad, -1e9)
+            h = (torch.softmax(a, dim=1).unsqueeze(-1) * e).sum(dim=1)
+            h = self.norm(h + self.mlp(h))
+            item_trend = self.trend_mlp(self.trend_now if trend is None else trend).squeeze(-1)
+            return self.out_emb(self.drop(h)) + (item_trend if day is None else item_trend[day])
+
+    return SequenceNet
+
+
 class SequenceRecommender(Recommender):
     name = "sequence"
 
@@ -83,14 +127,13 @@ class SequenceRecommender(Recommender):
         p = self.params
         X = binarize(interactions)
         n_users, n_items = X.shape
-        L, d = int(p["max_len"]), int(p["dim"])
+        L = int(p["max_len"])
         seqs = user_sequences(X, times)
         day_of = _pair_days(X, times)  # per user: day index of each item in seqs order
         n_days = int(max((d.max() for d in day_of if len(d)), default=0)) + 1
         flat_items = np.concatenate(seqs) if seqs else np.zeros(0, np.int64)
         flat_days = np.concatenate(day_of) if day_of else np.zeros(0, np.int64)
         trend = trend_table(flat_items, flat_days, n_items, n_days)
-        n_feats = trend.shape[-1]
         # training examples: (user, position t) predicting seqs[user][t] from the items before t
         ex_user = np.concatenate([np.full(max(len(s) - 1, 0), u) for u, s in enumerate(seqs)]) if seqs else np.zeros(0, int)
         ex_pos = np.concatenate([np.arange(1, len(s)) for s in seqs if len(s) > 1]) if any(len(s) > 1 for s in seqs) else np.zeros(0, int)
@@ -103,34 +146,10 @@ class SequenceRecommender(Recommender):
 
         torch.manual_seed(int(p["seed"]))
         gen = torch.Generator().manual_seed(int(p["seed"]))
-        item_emb = nn.Embedding(n_items + 1, d, padding_idx=pad)
-        pos_emb = nn.Parameter(torch.zeros(L, d))
-        att = nn.Linear(d, 1)
-        mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
-        norm = nn.LayerNorm(d)
-        out_emb = nn.Linear(d, n_items)
-        trend_mlp = nn.Sequential(nn.Linear(n_feats, 16), nn.Tanh(), nn.Linear(16, 1))
-        drop = nn.Dropout(float(p["dropout"]))
-        nn.init.normal_(item_emb.weight, std=0.05)
-        with torch.no_grad():
-            item_emb.weight[pad].zero_()
-        modules = [item_emb, att, mlp, norm, out_emb, trend_mlp]
-        params = [pos_emb] + [q for m in modules for q in m.parameters()]
-        opt = torch.optim.Adam(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        net = self._net(n_items).train()
+        opt = torch.optim.Adam(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         padded_t = torch.from_numpy(padded)
         offsets = torch.arange(L)
-
-        def encode(window, train=True):
-            mask = window == pad
-            e = item_emb(window) + pos_emb
-            if train:
-                e = drop(e)
-            a = att(torch.tanh(e)).squeeze(-1).masked_fill(mask, -1e9)
-            w = torch.softmax(a, dim=1).unsqueeze(-1)
-            h = (w * e).sum(dim=1)
-            h = norm(h + mlp(h))
-            return h
-
         ex_day = np.concatenate([d[1:] for d in day_of if len(d) > 1]).astype(np.int64)
         ex_user_t, ex_pos_t, ex_day_t = torch.from_numpy(ex_user), torch.from_numpy(ex_pos), torch.from_numpy(ex_day)
         trend_t = torch.from_numpy(trend)
@@ -144,23 +163,13 @@ class SequenceRecommender(Recommender):
                 window = padded_t[u.unsqueeze(1), cols]
                 target = padded_t[u, t + L]
                 days, inverse = torch.unique(ex_day_t[sel], return_inverse=True)  # few distinct days per batch
-                logits = out_emb(drop(encode(window))) + trend_mlp(trend_t[days]).squeeze(-1)[inverse]
-                loss = nn.functional.cross_entropy(logits, target)
+                loss = nn.functional.cross_entropy(net(window, trend_t[days], inverse), target)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-
-        self.weights = {
-            "item_emb": item_emb.weight.detach().numpy().copy(), "pos_emb": pos_emb.detach().numpy().copy(),
-            "att_w": att.weight.detach().numpy().ravel().copy(), "att_b": att.bias.detach().numpy().copy(),
-            "mlp1_w": mlp[0].weight.detach().numpy().T.copy(), "mlp1_b": mlp[0].bias.detach().numpy().copy(),
-            "mlp2_w": mlp[2].weight.detach().numpy().T.copy(), "mlp2_b": mlp[2].bias.detach().numpy().copy(),
-            "norm_w": norm.weight.detach().numpy().copy(), "norm_b": norm.bias.detach().numpy().copy(),
-            "out_w": out_emb.weight.detach().numpy().T.copy(), "out_b": out_emb.bias.detach().numpy().copy(),
-            "trend1_w": trend_mlp[0].weight.detach().numpy().T.copy(), "trend1_b": trend_mlp[0].bias.detach().numpy().copy(),
-            "trend2_w": trend_mlp[2].weight.detach().numpy().T.copy(), "trend2_b": trend_mlp[2].bias.detach().numpy().copy(),
-            "trend_now": trend[n_days].copy(),  # the catalogue's trend right after the training data
-        }
+        with torch.no_grad():
+            net.trend_now.copy_(trend_t[n_days])  # the catalogue's trend right after the training data
+        self.net = net.eval()
         recent = np.full((n_users, L), pad, dtype=np.int32)
         for u, s in enumerate(seqs):
             tail = s[-L:]
@@ -171,7 +180,11 @@ class SequenceRecommender(Recommender):
         self.n_users, self.n_items = n_users, n_items
         return self
 
-    # -- scoring (numpy) -----------------------------------------------------------------------
+    def _net(self, n_items: int):
+        p = self.params
+        return _network()(n_items, int(p["max_len"]), int(p["dim"]), float(p["dropout"]))
+
+    # -- scoring -------------------------------------------------------------------------------
     def _windows(self, users: np.ndarray, history: sp.csr_matrix) -> np.ndarray:
         L, pad = self.recent.shape[1], self.n_items
         known = self._trained_users(users)
@@ -185,30 +198,21 @@ class SequenceRecommender(Recommender):
         return windows
 
     def score(self, users, history):
+        import torch
+
         users = np.asarray(users)
-        history = binarize(align_history(history, self.n_items))
-        w = self.weights
-        window = self._windows(users, history)
-        e = w["item_emb"][window] + w["pos_emb"]
-        a = np.tanh(e) @ w["att_w"] + w["att_b"]
-        a = np.where(window == self.n_items, -1e9, a)
-        a = np.exp(a - a.max(axis=1, keepdims=True))
-        a /= a.sum(axis=1, keepdims=True)
-        h = (a[..., None] * e).sum(axis=1)
-        z = h @ w["mlp1_w"] + w["mlp1_b"]
-        z = 0.5 * z * (1.0 + _erf(z / np.sqrt(2.0)))  # GELU (exact, as torch's default)
-        h = h + z @ w["mlp2_w"] + w["mlp2_b"]
-        mu, var = h.mean(axis=1, keepdims=True), h.var(axis=1, keepdims=True)
-        h = (h - mu) / np.sqrt(var + 1e-5) * w["norm_w"] + w["norm_b"]
-        item_trend = (np.tanh(w["trend_now"] @ w["trend1_w"] + w["trend1_b"]) @ w["trend2_w"] + w["trend2_b"]).ravel()
-        return (h @ w["out_w"] + w["out_b"] + item_trend).astype(np.float32)
+        window = torch.from_numpy(self._windows(users, binarize(align_history(history, self.n_items))))
+        return torch_scores([self.net], len(users), self.n_items, lambda lo, hi: self.net(window[lo:hi]))
 
     def _arrays(self):
-        return {**{f"w_{k}": v for k, v in self.weights.items()}, "recent": self.recent, "known": self.known}
+        return {**state_arrays([self.net]), "recent": self.recent, "known": self.known}
 
     def _restore(self, arrays):
-        self.weights = {k[2:]: v for k, v in arrays.items() if k.startswith("w_")}
+        self.net = self._net(self.n_items)
+        load_states([self.net], arrays)
         self.recent = arrays["recent"].astype(np.int32)
+        if self.recent.ndim != 2 or self.recent.shape[1] != int(self.params["max_len"]):
+            raise ValueError(f"'recent' has shape {self.recent.shape}, not (users, max_len={self.params['max_len']})")
         self.known = arrays["known"].astype(bool)
 
 
@@ -229,9 +233,3 @@ def _pair_days(X: sp.csr_matrix, times: sp.csr_matrix | None) -> list[np.ndarray
         lo, hi = X.indptr[r], X.indptr[r + 1]
         out.append(days[lo:hi][np.argsort(vals[lo:hi], kind="stable")])
     return out
-
-
-def _erf(x: np.ndarray) -> np.ndarray:
-    from scipy.special import erf
-
-    return erf(x)

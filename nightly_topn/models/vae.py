@@ -5,24 +5,59 @@ history jointly (a softmax over the catalogue), which is where it matches or bea
 item-item models; it folds in any user from the history row (the encoder *is* the fold-in).
 
 Training: L2-normalised, dropout-corrupted history → encoder (tanh) → Gaussian latent →
-decoder → multinomial log-likelihood, KL annealed up to ``beta``. Scoring uses the latent mean.
-The learned weights are saved as plain arrays (npz), restored into numpy for scoring, so
-loading never unpickles anything. Same data + same params (incl. ``seed``) = same lists.
+decoder → multinomial log-likelihood, KL annealed up to ``beta``. Scoring uses the latent mean:
+the same network (``_network()``) in eval mode under ``torch.inference_mode``. Each member's
+``state_dict`` is saved as plain arrays (npz, ``m0.enc1.weight``, ...) and loaded back into that
+network, so loading never unpickles anything. Same data + same params (incl. ``seed``) = same lists.
 """
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import Recommender, align_history, binarize, torch_threads
+from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, state_arrays,
+                                      torch_rows, torch_scores, torch_threads)
 
 
-
-def _torch():
+@functools.cache
+def _network():
+    """The ``nn.Module`` class, defined on first use: importing this file must not import torch
+    (Airflow parses the DAGs, Beam pickles the DoFns)."""
     import torch
+    from torch import nn
 
-    torch.set_num_threads(torch_threads())
-    return torch
+    class MultVAENet(nn.Module):
+        """Encoder (tanh) → mean and log-variance of the latent → decoder (tanh) → item logits.
+        The first layer is linear on the sparse history (``torch_rows``): an embedding bag + bias."""
+
+        def __init__(self, n_items: int, hidden: int, latent: int, dropout: float):
+            super().__init__()
+            self.latent = latent
+            self.enc1, self.enc1_bias = nn.EmbeddingBag(n_items, hidden, mode="sum"), nn.Parameter(torch.empty(hidden))
+            self.enc2 = nn.Linear(hidden, 2 * latent)
+            self.dec1, self.dec2 = nn.Linear(latent, hidden), nn.Linear(hidden, n_items)
+            self.drop = nn.Dropout(dropout)
+            for weight, bias in ((self.enc1.weight, self.enc1_bias), (self.enc2.weight, self.enc2.bias),
+                                 (self.dec1.weight, self.dec1.bias), (self.dec2.weight, self.dec2.bias)):
+                nn.init.xavier_uniform_(weight)
+                nn.init.normal_(bias, std=0.001)
+
+        def forward(self, history, generator=None):
+            """``(logits, mu, logvar)`` for ``history`` rows (``torch_rows``); training drops input
+            and samples the latent (noise from ``generator``), eval decodes the mean."""
+            items, offsets, weights = history
+            h = torch.tanh(self.enc1(items, offsets, per_sample_weights=self.drop(weights)) + self.enc1_bias)
+            stats = self.enc2(h)
+            mu, logvar = stats[:, :self.latent], stats[:, self.latent:]
+            z = mu
+            if self.training:
+                std = torch.exp(0.5 * logvar)
+                z = mu + std * torch.randn(std.shape, generator=generator)
+            return self.dec2(torch.tanh(self.dec1(z))), mu, logvar
+
+    return MultVAENet
 
 
 class MultVAE(Recommender):
@@ -35,24 +70,20 @@ class MultVAE(Recommender):
                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
                          ensemble=ensemble, seed=seed, **extra)
 
+    def _net(self, n_items: int):
+        p = self.params
+        return _network()(n_items, int(p["hidden"]), int(p["latent"]), float(p["dropout"]))
+
     # -- training ------------------------------------------------------------------------------
-    def _train_one(self, X: sp.csr_matrix, seed: int) -> dict[str, np.ndarray]:
-        torch = _torch()
-        nn = torch.nn
+    def _train_one(self, X: sp.csr_matrix, seed: int):
+        import torch
+
+        torch.set_num_threads(torch_threads())
         p = self.params
         torch.manual_seed(seed)
-        n_users, n_items = X.shape
-        hidden, latent = int(p["hidden"]), int(p["latent"])
-        enc1, enc2 = nn.Linear(n_items, hidden), nn.Linear(hidden, 2 * latent)
-        dec1, dec2 = nn.Linear(latent, hidden), nn.Linear(hidden, n_items)
-        for layer in (enc1, enc2, dec1, dec2):
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.normal_(layer.bias, std=0.001)
-        params = [q for layer in (enc1, enc2, dec1, dec2) for q in layer.parameters()]
-        opt = torch.optim.Adam(params, lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
+        net = self._net(X.shape[1]).train()
+        opt = torch.optim.Adam(net.parameters(), lr=float(p["lr"]), weight_decay=float(p["weight_decay"]))
         gen = torch.Generator().manual_seed(seed)
-        dense = torch.from_numpy(X.toarray().astype(np.float32))
-        drop = nn.Dropout(float(p["dropout"]))
         batch, epochs = int(p["batch_size"]), int(p["epochs"])
         anneal = max(int(p["anneal_epochs"]), 1)
         rows = torch.from_numpy(np.flatnonzero(np.diff(X.indptr) > 0))
@@ -60,24 +91,15 @@ class MultVAE(Recommender):
             beta = float(p["beta"]) * min(1.0, (epoch + 1) / anneal)
             order = rows[torch.randperm(len(rows), generator=gen)]
             for lo in range(0, len(order), batch):
-                x = dense[order[lo:lo + batch]]
-                h = nn.functional.normalize(x, dim=1)
-                h = drop(h)
-                stats = enc2(torch.tanh(enc1(h)))
-                mu, logvar = stats[:, :latent], stats[:, latent:]
-                std = torch.exp(0.5 * logvar)
-                z = mu + std * torch.randn(std.shape, generator=gen)
-                logits = dec2(torch.tanh(dec1(z)))
-                nll = -(torch.log_softmax(logits, dim=1) * x).sum(dim=1).mean()
+                x = X[order[lo:lo + batch].numpy()]
+                logits, mu, logvar = net(torch_rows(x), gen)
+                nll = -(torch.log_softmax(logits, dim=1) * torch.from_numpy(x.toarray())).sum(dim=1).mean()
                 kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
                 loss = nll + beta * kl
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-        return {"enc1_w": enc1.weight.detach().numpy().T.copy(), "enc1_b": enc1.bias.detach().numpy().copy(),
-                "enc2_w": enc2.weight.detach().numpy()[:latent].T.copy(), "enc2_b": enc2.bias.detach().numpy()[:latent].copy(),
-                "dec1_w": dec1.weight.detach().numpy().T.copy(), "dec1_b": dec1.bias.detach().numpy().copy(),
-                "dec2_w": dec2.weight.detach().numpy().T.copy(), "dec2_b": dec2.bias.detach().numpy().copy()}
+        return net.eval()
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "MultVAE":
         X = binarize(interactions)
@@ -89,28 +111,25 @@ class MultVAE(Recommender):
         self.n_users, self.n_items = X.shape
         return self
 
-    # -- scoring (numpy; the encoder is the fold-in) ---------------------------------------------
+    # -- scoring (the encoder is the fold-in): mean of the members' log-softmax ------------------
     def score(self, users, history):
+        import torch
+
         h = binarize(align_history(history, self.n_items))
-        norms = np.sqrt(np.asarray(h.sum(axis=1)).ravel())
-        norms[norms == 0] = 1.0
-        h = sp.diags(1.0 / norms) @ h
-        total = np.zeros((h.shape[0], self.n_items), dtype=np.float32)
-        for w in self.members:
-            mu = np.tanh(h @ w["enc1_w"] + w["enc1_b"]) @ w["enc2_w"] + w["enc2_b"]
-            logits = np.tanh(mu @ w["dec1_w"] + w["dec1_b"]) @ w["dec2_w"] + w["dec2_b"]
-            logits -= logits.max(axis=1, keepdims=True)
-            total += (logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))).astype(np.float32)
-        return total / len(self.members)
+
+        def block(lo, hi):
+            x = torch_rows(h[lo:hi])
+            total = torch.log_softmax(self.members[0](x)[0], dim=1)
+            for net in self.members[1:]:
+                total += torch.log_softmax(net(x)[0], dim=1)
+            return total / len(self.members)
+
+        return torch_scores(self.members, h.shape[0], self.n_items, block)
 
     def _arrays(self):
-        out = {"known": self.known, "members": np.asarray(len(self.members))}
-        for m, w in enumerate(self.members):
-            out.update({f"m{m}_{k}": v.astype(np.float32) for k, v in w.items()})
-        return out
+        return {"known": self.known, "members": np.asarray(len(self.members)), **state_arrays(self.members)}
 
     def _restore(self, arrays):
         self.known = arrays["known"].astype(bool)
-        n = int(arrays["members"])
-        keys = ("enc1_w", "enc1_b", "enc2_w", "enc2_b", "dec1_w", "dec1_b", "dec2_w", "dec2_b")
-        self.members = [{k: arrays[f"m{m}_{k}"] for k in keys} for m in range(n)]
+        self.members = [self._net(self.n_items) for _ in range(int(arrays["members"]))]
+        load_states(self.members, arrays)
