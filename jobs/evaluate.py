@@ -3,7 +3,9 @@
 The candidates were tuned on a validation split carved from the evaluation train rows (see
 ``jobs/train.py``); here each one's ``eval/<model>`` (refit on the whole evaluation train
 split) recommends for every holdout user with that history masked, and all metrics at K are
-computed (accuracy, coverage, novelty, diversity, per segment: new vs established users).
+computed (accuracy, coverage, novelty, diversity, per segment: new vs established users), and what the
+new items add to the winner's lists (``cold_start``: how many exist, how many reach a list, the
+share of users shown one; the gate itself judges the warm lists).
 
 Gate (both must hold, else nothing new is published):
 
@@ -56,6 +58,33 @@ def item_categories(store: Storage, date, item_ids: np.ndarray) -> sp.csr_matrix
     return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(item_ids), len(names)))
 
 
+def cold_start_figures(model, features, train: sp.csr_matrix, holdout: sp.csr_matrix, users: np.ndarray,
+                       k: int, results: dict, winner: str) -> dict:
+    """What the cold-start component does for tonight's holdout users: the winner's top-K with the
+    new items scored in (as the top-N pipeline scores them), how far the new items reach, what
+    they cost the warm metrics (the holdout has no new item, so a new item can only take a slot),
+    and the new-user segment of the winner vs popularity."""
+    from nightly_topn import cold_start
+    from nightly_topn.evaluation import ranking_metrics
+    from nightly_topn.scoring import TopNScorer
+
+    segment = {name: (results[name].get("segments") or {}).get("new") for name in dict.fromkeys([winner, "popularity"])}
+    out = {"new_users": {"rule": f"fewer than {NEW_USER_MAX_HISTORY} training interactions", "metrics": segment},
+           "new_items": None}
+    new = features.new_items
+    if new is None:
+        return out
+    n_warm, n_cold = train.shape[1], len(new)
+    history = new.history(train[users], users)
+    recs, _ = TopNScorer(model, k, cold_weights=new.weights).recommend(users, history)
+    wide = sp.csr_matrix((holdout.data, holdout.indices, holdout.indptr), shape=(holdout.shape[0], n_warm + n_cold))
+    with_new = ranking_metrics(recs, wide[users], k, n_items=n_warm + n_cold)
+    out["new_items"] = {**cold_start.coverage(recs, n_warm, n_cold), "k": k,
+                        "with_new_items": {m: with_new[m] for m in ("ndcg", "recall_capped", "hit_rate")},
+                        "without": {m: results[winner][m] for m in ("ndcg", "recall_capped", "hit_rate")}}
+    return out
+
+
 def _gate(results: dict, winner: str, champion: dict | None, params: RunParams) -> dict:
     k = params.eval_k
     win, pop = results[winner]["ndcg"], results["popularity"]["ndcg"]
@@ -102,9 +131,9 @@ def _champion_metrics(store, date, pairs, split, train, holdout, users, info, re
     if not champ:
         return None
     seen = served(store, champ["date"])
-    if seen and seen["ndcg"] is not None and seen["popularity"]["ndcg"] is not None \
-            and seen["ndcg"] < seen["popularity"]["ndcg"]:
-        champ = {**champ, "served_below_popularity": {"ndcg": seen["ndcg"], "popularity": seen["popularity"]["ndcg"],
+    baseline = (seen or {}).get("popularity") or {}
+    if seen and seen["ndcg"] is not None and baseline.get("ndcg") is not None and seen["ndcg"] < baseline["ndcg"]:
+        champ = {**champ, "served_below_popularity": {"ndcg": seen["ndcg"], "popularity": baseline["ndcg"],
                                                       "k": seen["k"], "horizon_days": seen["horizon_days"]}}
     same = champ["model"] == info["model"] and champ["params"] == info["params"]
     if same and info["model"] in results:
@@ -141,12 +170,14 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     categories = item_categories(store, date, features.item_ids)
     k = params.eval_k
     candidates = info.get("candidates") or [info["model"], "popularity"]
-    results, recs = {}, {}
-    for name in dict.fromkeys([*candidates, "popularity"]):
+    results, recs, winner_model = {}, {}, None
+    for name in dict.fromkeys([info["model"], *candidates, "popularity"]):
         model = load_model(models_dir / "eval" / name)
+        winner_model = model if winner_model is None else winner_model  # kept for the cold-start figures
         recs[name] = recommend_all(model, users, train, k)
         results[name] = evaluate_model(model, train, holdout, k, users=users, segments=segments,
                                        item_categories=categories)
+    cold = cold_start_figures(winner_model, features, train, holdout, users, k, results, info["model"])
     champion = _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params)
     gate = _gate(results, info["model"], champion, params)
     item_pop = np.asarray((train > 0).sum(axis=0)).ravel()  # interactions per item
@@ -159,7 +190,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                                "new_users": int((segments[users] == "new").sum())},
                   "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
-                  "served": latest_served(store, date),
+                  "served": latest_served(store, date), "cold_start": cold,
                   "code_version": registry.code_version()}
     reports = store.partition("reports", date)
     write_json(reports / registry.EVALUATION_FILE, evaluation)

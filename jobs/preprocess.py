@@ -7,7 +7,9 @@ own ``weight``: a play count, a quantity, the stars of a rating; optionally deca
 ``recency_half_life_days``), aggregate per (user, item), filter rare items/users, map ids to dense indices
 (sorted external ids, so the mapping is deterministic), and split off a temporal holdout:
 pairs first seen at or after the ``holdout_quantile`` of event times, whose user and item also
-occur before it.
+occur before it. When the run date landed item attributes (``raw/dt=D/items.parquet``) and
+``new_item_days`` > 0, also the new items outside the catalogue with their warm attribute
+neighbours (``new_items.parquet``, ``nightly_topn.cold_start``).
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import scipy.sparse as sp
 
 from nightly_topn import schemas
 from nightly_topn.config import RunParams, event_weights
@@ -52,7 +55,45 @@ def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.Dat
     return frame, [str(p) for p in paths]
 
 
-def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str, pd.DataFrame]:
+def new_items(attributes: pa.Table, raw_pairs: pd.DataFrame, users: np.ndarray, warm_ids: np.ndarray,
+              popularity: np.ndarray, date: dt.date, days: int) -> tuple[pa.Table, dict]:
+    """``schemas.NEW_ITEMS``: the attribute table's items outside the warm catalogue released (else
+    first seen in the window) within the ``days`` days up to ``date``, each with its top warm
+    neighbours; ``raw_pairs`` are the window's (user, item) pairs before the rare-item filter (the
+    users who already met a new item). Items sharing no attribute token with a warm item are left
+    out (counted). Equal similarities prefer the more popular warm neighbour."""
+    from nightly_topn import cold_start
+
+    attrs = cold_start.catalogue(attributes)
+    ids = attrs.column("item_id").to_numpy(zero_copy_only=False)
+    first_event = raw_pairs.groupby("item_id")["first_time"].min()
+    first_seen = attrs.column("release_time").to_pandas().fillna(pd.Series(ids).map(first_event))
+    end = pd.Timestamp(date + dt.timedelta(days=1), tz="UTC")
+    recent = ((first_seen >= end - pd.Timedelta(days=days)) & (first_seen < end)).to_numpy()
+    candidates = np.flatnonzero(recent & ~np.isin(ids, warm_ids))
+    vectors = cold_start.attribute_matrix(cold_start.rows_of(attrs, np.concatenate([warm_ids, ids[candidates]])))
+    n_warm = len(warm_ids)
+    indptr, warm_index, weight = cold_start.neighbours(vectors[n_warm:], vectors[:n_warm], prior=popularity)
+    has = np.diff(indptr) > 0
+    kept = candidates[has]
+    new_ids = ids[kept]
+    seen = raw_pairs[raw_pairs["item_id"].isin(new_ids) & raw_pairs["user_id"].isin(users)]
+    seen_by_item = sp.csr_matrix((np.ones(len(seen), np.float32),
+                                  (np.searchsorted(new_ids, seen["item_id"]), np.searchsorted(users, seen["user_id"]))),
+                                 shape=(len(new_ids), len(users)))
+    seen_by_item.sum_duplicates()
+    table = cold_start.new_item_table(new_ids, first_seen.to_numpy()[kept], np.concatenate([[0], indptr[1:][has]]),
+                                      warm_index, weight, seen_by_item.indptr, seen_by_item.indices)
+    stats = {"days": days, "candidates": int(len(candidates)), "with_neighbours": int(len(kept)),
+             "without_attribute_overlap": int(len(candidates) - len(kept)),
+             "neighbours_per_item": float(np.diff(table.column("neighbors").combine_chunks().offsets.to_numpy()).mean())
+             if len(kept) else 0.0,
+             "already_seen_pairs": int(seen_by_item.nnz)}
+    return table, stats
+
+
+def prepare(events: pd.DataFrame, date: dt.date, params: RunParams,
+            item_attributes: pa.Table | None = None) -> dict[str, pd.DataFrame]:
     end = pd.Timestamp(date + dt.timedelta(days=1), tz="UTC")
     stats = {"events_in": len(events)}
     events = events[events["event_time"] < end]
@@ -75,6 +116,7 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
         .reset_index()
     )
     pairs = pairs[pairs["confidence"] > 0]
+    raw_pairs = pairs
     for _ in range(2):  # filtering users can drop items below the threshold and vice versa
         item_n = pairs.groupby("item_id")["user_id"].transform("size")
         pairs = pairs[item_n >= params.min_item_interactions]
@@ -100,12 +142,17 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams) -> dict[str,
     pairs = pairs.sort_values(["user_index", "item_index"], kind="stable")
     stats.update(users=len(users), items=len(items), pairs=len(pairs), holdout_cutoff=cutoff.isoformat(),
                  train_pairs=int((~late).sum()), holdout_pairs=int(evaluable.sum()))
-    return {
+    prepared = {
         "interactions": pairs[[f.name for f in schemas.INTERACTIONS]],
         "user_map": pd.DataFrame({"user_index": np.arange(len(users), dtype="int32"), "user_id": users}),
         "item_map": pd.DataFrame({"item_index": np.arange(len(items), dtype="int32"), "item_id": items}),
         "stats": stats,
     }
+    if item_attributes is not None and params.new_item_days > 0:
+        popularity = np.bincount(pairs["item_index"].to_numpy(), minlength=len(items))
+        prepared["new_items"], stats["new_items"] = new_items(item_attributes, raw_pairs, users, items, popularity,
+                                                              date, params.new_item_days)
+    return prepared
 
 
 #: Rows per row group of ``interactions.parquet``: a top-N range of 8192 users (~1.2M
@@ -117,10 +164,15 @@ def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
     date = as_date(date)
     store = Storage.at(root)
     events, inputs = load_window(store, date, params.train_window_days)
-    prepared = prepare(events, date, params)
+    attributes_path = store.partition("raw", date) / "items.parquet"
+    attributes = read_table(attributes_path) if params.new_item_days > 0 and attributes_path.is_file() else None
+    prepared = prepare(events, date, params, attributes)
     schemas_by_name = {"interactions": schemas.INTERACTIONS, "user_map": schemas.USER_MAP, "item_map": schemas.ITEM_MAP}
     tables = {name: pa.Table.from_pandas(prepared[name], schema=schema, preserve_index=False)
               for name, schema in schemas_by_name.items()}
+    if "new_items" in prepared:
+        tables["new_items"] = prepared["new_items"]
+        inputs = [*inputs, str(attributes_path)]
     with store.staged(store.partition("features", date)) as stage:
         for name, table in tables.items():
             # interactions: sorted by user in row groups of INTERACTIONS_ROW_GROUP rows, so the

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from nightly_topn import config, registry
 from nightly_topn.config import RunParams
 from nightly_topn.errors import BadInput, JobFailed, MissingPartition, NightlyTopNError
+from nightly_topn.features import read_new_items
 from nightly_topn.storage import Storage, as_date
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,25 @@ def lookup_index(directory, files: list[str]) -> pa.Table:
     names = ["min_user_id", "max_user_id", "file", "row_group", "first_row", "num_rows"]
     types = [pa.string(), pa.string(), pa.string(), pa.int32(), pa.int64(), pa.int64()]
     return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types))})
+
+
+def new_item_reach(directory, files: list[str], new_ids: pa.Array) -> dict:
+    """``cold_start.reach`` of the written lists: which new items were shown, to how many users
+    (one part file's ``item_ids`` at a time, vectorised)."""
+    import numpy as np
+
+    from nightly_topn.cold_start import reach
+
+    shown = np.zeros(len(new_ids), dtype=bool)
+    users = with_new = 0
+    for name in files:
+        lists = pq.read_table(f"{directory}/{name}", columns=["item_ids"]).column(0).combine_chunks()
+        position = pc.index_in(pc.list_flatten(lists), value_set=new_ids)
+        hit = pc.is_valid(position).to_numpy(zero_copy_only=False)
+        shown[position.to_numpy(zero_copy_only=False)[hit].astype(np.int64)] = True
+        with_new += len(np.unique(pc.list_parent_indices(lists).to_numpy()[hit]))
+        users += len(lists)
+    return reach(shown, users, with_new)
 
 
 def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[str] | None = None) -> dict:
@@ -91,17 +111,19 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
             if rows != expected:
                 raise BadInput(f"top-N pipeline wrote {rows} rows for {expected} users into {stage}")
             pq.write_table(index, stage / INDEX_FILE, compression="zstd")
+            new_items = read_new_items(features_dir)
+            reach = None if new_items is None else new_item_reach(stage, [p.name for p in parts], new_items.ids)
             store.write_manifest(stage, producer="topn", date=date, inputs=[features_dir, models_dir],
                                  extra={"files": [p.name for p in parts], "rows": rows, "top_n": params.top_n,
-                                        "index": INDEX_FILE,
+                                        "index": INDEX_FILE, "new_items": reach,
                                         "model_version": info["model_version"], "beam_args": beam_args,
                                         "seconds": round(time.perf_counter() - started, 3)})
     except NightlyTopNError:
         raise
     except Exception as exc:  # Beam wraps a worker's error in pages of runner frames
         raise pipeline_error(exc, target) from exc
-    log.info("topn %s: %d users -> %s (%d files)", date, rows, target, len(parts))
-    return {"date": date.isoformat(), "path": str(target), "rows": rows, "files": len(parts)}
+    log.info("topn %s: %d users -> %s (%d files); new items: %s", date, rows, target, len(parts), reach)
+    return {"date": date.isoformat(), "path": str(target), "rows": rows, "files": len(parts), "new_items": reach}
 
 
 def pipeline_error(exc: Exception, stage) -> NightlyTopNError:

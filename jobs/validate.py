@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from nightly_topn import registry, schemas
 from nightly_topn.config import RunParams
 from nightly_topn.errors import MissingPartition
+from nightly_topn.features import read_new_items
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
 from nightly_topn.storage import MANIFEST, Storage, as_date, fsync_dir, read_json, read_table, write_table
 
@@ -282,6 +283,13 @@ def topn_frame(version: Path, features_dir: Path, top_n: int) -> pd.DataFrame:
     users = read_table(features_dir / "user_map.parquet").to_pandas()
     items = read_table(features_dir / "item_map.parquet").to_pandas()
     inter = read_table(features_dir / "interactions.parquet", schema=None).select(["user_index", "item_index"]).to_pandas()
+    new = read_new_items(features_dir)
+    if new is not None:  # new items are in the lists' catalogue (index n_warm + j); who met one has seen it
+        seen = new.seen.tocoo()
+        inter = pd.concat([inter, pd.DataFrame({"user_index": seen.row, "item_index": seen.col + len(items)})])
+        items = pd.concat([items, pd.DataFrame({"item_index": np.arange(len(new)) + len(items),
+                                                "item_id": new.ids.to_numpy(zero_copy_only=False)})],
+                          ignore_index=True)
     history = (inter.merge(users, on="user_index").merge(items, on="item_index"))[["user_id", "item_id"]]
 
     lists["n_items"] = lists["item_ids"].map(lambda v: 0 if v is None else len(v)).astype("int64")

@@ -143,6 +143,10 @@ class RunParams:
         ge=0.0, le=3650.0,
         description="Older events weigh less: an event this many days before the end of the run date "
                     "counts half (0 = every event of the window counts fully).")] = 0.0
+    new_item_days: Annotated[int, Field(
+        ge=0, le=3650,
+        description="Items released (or first seen) within this many days that have too few interactions for "
+                    "the catalogue are recommended through their attribute neighbours (0 = off).")] = 14
     holdout_quantile: Annotated[float, Field(
         ge=0.5, le=0.99,
         description="Pairs first seen after this quantile of event times form the evaluation holdout.")] = 0.8

@@ -1,4 +1,4 @@
-"""The one reader of a features partition (``interactions.parquet`` + the two id maps).
+"""The one reader of a features partition (``interactions.parquet``, the two id maps, ``new_items.parquet``).
 
 Everything that reads prepared training data goes through ``InteractionsFile``: the train and
 evaluate jobs load the whole partition (``Features.load``), the top-N pipeline reads it range
@@ -21,6 +21,7 @@ import scipy.sparse as sp
 INTERACTIONS = "interactions.parquet"
 USER_MAP = "user_map.parquet"
 ITEM_MAP = "item_map.parquet"
+NEW_ITEMS = "new_items.parquet"
 _ID_COLUMN = {USER_MAP: "user_id", ITEM_MAP: "item_id"}
 
 
@@ -59,8 +60,59 @@ class InteractionsFile:
         with self._fs.open_input_file(self._path(name)) as handle:
             return pq.read_table(handle, columns=[_ID_COLUMN[name]]).column(0).combine_chunks()
 
+    def new_items(self) -> "NewItems | None":
+        """The partition's new (cold) items with their neighbour weights, None when there are none
+        (no ``new_items.parquet``: knob off, no item attributes; or an empty one)."""
+        import pyarrow.fs as pafs
+
+        path = self._path(NEW_ITEMS)
+        if self._fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self._fs.open_input_file(path) as handle:
+            table = pq.read_table(handle)
+        if not table.num_rows:
+            return None
+        return NewItems.of(table, *self.shape)
+
     def close(self) -> None:
         self._handle.close()
+
+
+def read_new_items(directory: str | os.PathLike) -> "NewItems | None":
+    """``InteractionsFile(directory).new_items()``, the file closed again."""
+    source = InteractionsFile(directory)
+    try:
+        return source.new_items()
+    finally:
+        source.close()
+
+
+@dataclass
+class NewItems:
+    """New items of a partition: new item ``j`` is item index ``n_warm + j`` wherever lists are scored."""
+
+    ids: pa.Array  # item ids, row j = cold item j
+    weights: sp.csr_matrix  # W: n_warm × n_cold, columns sum to 1 (``cold_start.weight_matrix``)
+    seen: sp.csr_matrix  # n_users × n_cold: who interacted with it already (never shown it)
+
+    @classmethod
+    def of(cls, table: pa.Table, n_users: int, n_warm: int) -> "NewItems":
+        from nightly_topn import cold_start
+
+        neighbors, weights, seen = (table.column(c).combine_chunks() for c in ("neighbors", "weights", "seen_users"))
+        offsets = seen.offsets.to_numpy()
+        by_item = sp.csr_matrix((np.ones(len(seen.flatten()), np.float32), seen.flatten().to_numpy(), offsets - offsets[0]),
+                                shape=(table.num_rows, n_users))
+        return cls(table.column("item_id").combine_chunks(), cold_start.weight_matrix(neighbors, weights, n_warm),
+                   sp.csr_matrix(by_item.T))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def history(self, rows: sp.csr_matrix, users: np.ndarray) -> sp.csr_matrix:
+        """``rows`` (history of ``users`` over the warm items) widened by the new items' columns, so
+        the scorer masks a new item a user has already interacted with like any seen item."""
+        return sp.hstack([rows, self.seen[np.asarray(users)]], format="csr")
 
 
 @dataclass
@@ -76,6 +128,7 @@ class Features:
     split: np.ndarray  # preprocess's temporal labels: "train" / "holdout" / "late"
     first_time: np.ndarray  # µs since the epoch
     last_time: np.ndarray
+    new_items: NewItems | None = None
 
     COLUMNS = ["user_index", "item_index", "confidence", "split", "first_time", "last_time"]
 
@@ -85,6 +138,7 @@ class Features:
         try:
             table = source.read(cls.COLUMNS)
             user_ids, item_ids = (source.ids(m).to_numpy(zero_copy_only=False) for m in (USER_MAP, ITEM_MAP))
+            new_items = source.new_items()
         finally:
             source.close()
         return cls(
@@ -97,6 +151,7 @@ class Features:
             split=pc.cast(table.column("split"), "string").to_numpy(zero_copy_only=False),
             first_time=pc.cast(table.column("first_time"), "int64").to_numpy(),
             last_time=pc.cast(table.column("last_time"), "int64").to_numpy(),
+            new_items=new_items,
         )
 
     @property

@@ -1,7 +1,7 @@
 """The per-run HTML report: one self-contained file (inline SVG, no scripts, no network), readable offline.
 
-Sections: the decision (winner, why, the quality gate), the candidates' holdout metrics, how
-the tuning went, metrics across recent dates, the popularity distribution of the recommended
+Sections: the decision (winner, why, the quality gate), the candidates' holdout metrics, new
+items and new users (cold start), how the tuning went, metrics across recent dates, the popularity distribution of the recommended
 items vs the catalogue, coverage, and the rolling evaluation of published lists when present.
 
 The markup lives in Jinja2 templates (``templates/report.html.j2``, the SVG charts as macros in
@@ -179,6 +179,21 @@ def _served(evaluation: dict) -> dict | None:
             "popularity": [_fmt((seen.get("popularity") or {}).get(m)) for m in metrics]}
 
 
+def _cold_start(evaluation: dict) -> dict | None:
+    """``evaluation["cold_start"]``: new-item reach and cost, the new-user segment (winner vs popularity)."""
+    cold = evaluation.get("cold_start")
+    if not cold:
+        return None
+    items = cold.get("new_items")
+    metrics = ("ndcg", "recall_capped", "hit_rate")
+    users = [{"model": name, "users": seg["users"], "cells": [_fmt(seg.get(m)) for m in metrics]}
+             for name, seg in (cold.get("new_users", {}).get("metrics") or {}).items() if seg]
+    return {"metrics": metrics, "segment_rule": cold.get("new_users", {}).get("rule"), "segment": users,
+            "reach": items and {**items, "share_users": f"{items['share_users_with_new_item']:.1%}",
+                                "with": [_fmt(items["with_new_items"][m]) for m in metrics],
+                                "without": [_fmt(items["without"][m]) for m in metrics]}}
+
+
 def render(store: Storage, date, evaluation: dict, *, recommended=None, item_popularity=None,
            registry_record: dict | None = None) -> str:
     """The report page as HTML text (``date`` is taken from ``evaluation``; kept for callers)."""
@@ -200,7 +215,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "tuning": _tuning(registry_record), "trend": _trend(store, as_date(evaluation["date"])), "profile": profile,
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
-        "served": _served(evaluation),
+        "served": _served(evaluation), "cold_start": _cold_start(evaluation),
     }
     return _env().get_template("report.html.j2").render(context)
 

@@ -80,6 +80,22 @@ ITEM_MAP = pa.schema(
     [pa.field("item_index", pa.int32(), nullable=False), pa.field("item_id", pa.string(), nullable=False)]
 )
 
+#: New items of a features partition (``new_items.parquet``): items of the landed items table that
+#: are not in the warm catalogue (``item_map``) and arrived within ``new_item_days``, each with its
+#: warm neighbours in attribute space. Row ``j`` is scored as item index ``len(item_map) + j``
+#: (``nightly_topn.cold_start``); ``seen_users`` (dense user indices) interacted with it already in
+#: the window (too few to make it warm) and must not be shown it.
+NEW_ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("first_seen", pa.timestamp("us", tz="UTC"), nullable=False),  # release time, else first event
+        pa.field("neighbors", pa.list_(pa.int32()), nullable=False),  # warm item indices, most similar first
+        pa.field("weights", pa.list_(pa.float32()), nullable=False),  # sum to 1
+        pa.field("seen_users", pa.list_(pa.int32()), nullable=False),
+    ],
+    metadata={"contract": "new-items", "version": "1"},
+)
+
 #: Published top-N: one row per user, items ranked best first.
 TOPN = pa.schema(
     [

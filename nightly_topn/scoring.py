@@ -13,6 +13,11 @@ Two layers:
   it fuses, per batch of users, one float32 GEMM into a preallocated buffer (torch, so the
   thread count is ours to set), seen-item masking by flat index into that buffer (no dense
   history), and ``top_n`` on the buffer. Other models go through ``model.recommend``.
+
+With new (cold) items (``nightly_topn.cold_start``), ``TopNScorer`` takes their neighbour
+weights ``W`` (``n_warm × n_cold``): a new item's score is ``warm_scores @ W``, taken from the
+unmasked warm scores; the cold block is masked by the history's columns ``n_warm + j`` and its
+top-N merged with the warm top-N, so lists rank warm and cold items in one index space.
 """
 from __future__ import annotations
 
@@ -179,10 +184,22 @@ class TopNScorer:
     """
 
     def __init__(self, model, n: int, *, batch_size: int = DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
-                 verify: bool = True, parallel: int = 1):
+                 verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None):
         import torch
 
         self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
+        self._cold = None
+        self.n_warm = getattr(model, "n_items", 0)
+        if cold_weights is not None and cold_weights.shape[1]:
+            if cold_weights.shape[0] != self.n_warm:
+                raise ValueError(f"new-item weights have {cold_weights.shape[0]} warm rows, the model scores "
+                                 f"{self.n_warm} items")
+            # Only the warm columns some new item uses are gathered per batch: W restricted to them.
+            by_cold = sp.csr_matrix(cold_weights.T, dtype=np.float32)
+            self._cold_cols, local = np.unique(by_cold.indices, return_inverse=True)
+            self._cold = sp.csr_matrix((by_cold.data, local.reshape(-1), by_cold.indptr),
+                                       shape=(by_cold.shape[0], len(self._cold_cols)))
+        self.n_cold = 0 if self._cold is None else self._cold.shape[0]
         factors = _factors(model)
         self.fused = factors is not None
         self._verified = not verify
@@ -212,7 +229,7 @@ class TopNScorer:
             trained = np.asarray(self.model.has_user(users), dtype=bool)
             if not trained.all():
                 rest = np.flatnonzero(~trained)
-                i, v = self.model.recommend(users[rest], history[rest], self.n)
+                i, v = self._generic(users[rest], history[rest])
                 idx[rest, : i.shape[1]], vals[rest, : i.shape[1]] = i, v
                 widths.append(i.shape[1])
                 if trained.any():
@@ -242,9 +259,39 @@ class TopNScorer:
             idx, vals = idx[:, :width].copy(), vals[:, :width].copy()
         return idx, vals
 
+    def _generic(self, users, history):
+        """Any model: its own ``recommend``; with new items, ``model.score`` unmasked, the cold block
+        from it, then mask and merge as in the fused path."""
+        if self._cold is None:
+            return self.model.recommend(users, history, self.n)
+        from nightly_topn.models.base import align_history
+
+        warm = align_history(history, self.n_warm)
+        scores = np.asarray(self.model.score(users, warm), dtype=np.float32)
+        cold = self._cold_scores(scores)
+        mask_seen(scores, warm)
+        return self._merge(top_n(scores, self.n, self.block), cold, history)
+
+    def _cold_scores(self, warm_scores: np.ndarray) -> np.ndarray:
+        """``warm_scores @ W`` (``batch × n_cold``) from the unmasked scores: gather the used warm
+        columns (transposed, one copy of ``used × batch``), one sparse product."""
+        used = warm_scores.T[self._cold_cols]
+        return np.ascontiguousarray((self._cold @ used).T, dtype=np.float32)
+
+    def _merge(self, warm_top, cold: np.ndarray, history: sp.csr_matrix):
+        """Top-N of warm ∪ cold from the warm top-N and the cold scores (cold seen items masked):
+        exact, since the best N of a union are among each part's best N. Ties: warm first (lower index)."""
+        if history.shape[1] > self.n_warm:
+            mask_seen(cold, history[:, self.n_warm:])
+        cold_idx, cold_vals = top_n(cold, self.n, self.block)
+        idx = np.hstack([warm_top[0], np.where(cold_idx >= 0, cold_idx + self.n_warm, -1).astype(np.int32)])
+        vals = np.hstack([warm_top[1], cold_vals])
+        order = np.argsort(-vals, axis=1, kind="stable")[:, : self.n]
+        return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
+
     def _batch(self, users, history):
         if not self.fused:
-            return self.model.recommend(users, history, self.n)
+            return self._generic(users, history)
         import torch
 
         b = len(users)
@@ -254,20 +301,25 @@ class TopNScorer:
             with torch.no_grad():
                 rows = torch.from_numpy(np.minimum(users, len(self.user_factors) - 1).astype(np.int64, copy=False))
                 torch.mm(self.user_factors.index_select(0, rows), self.item_factors_t, out=out)
+                cold = self._cold_scores(out.numpy()) if self._cold is not None else None  # before the mask
                 if history.nnz:
                     counts = np.diff(history.indptr)
                     flat = np.repeat(np.arange(b, dtype=np.int64) * self.n_items, counts) + history.indices
                     if history.shape[1] > self.n_items:  # history may know items the model does not
                         flat = flat[history.indices < self.n_items]
                     out.numpy().reshape(-1)[flat] = -np.inf  # a view: masks the buffer in place
-            return top_n(out.numpy(), self.n, self.block)
+            top = top_n(out.numpy(), self.n, self.block)
+            return top if cold is None else self._merge(top, cold, history)
         finally:
             self._buffers.put(buffer)
 
     def _verify(self, users, history) -> None:
         """Check on a few users that ``U[u] @ Vᵀ`` reproduces ``model.score``; else use the model."""
         sample = users[: min(len(users), 32)]
-        expected = np.asarray(self.model.score(sample, history[: len(sample)]), dtype=np.float32)
+        rows = history[: len(sample)]
+        if history.shape[1] > self.n_items:  # new items' columns: the model knows only its own
+            rows = rows[:, : self.n_items]
+        expected = np.asarray(self.model.score(sample, rows), dtype=np.float32)
         mine = self.user_factors.numpy()[np.minimum(sample, len(self.user_factors) - 1)] @ self.item_factors_t.numpy()
         self._verified = True
         if expected.shape != mine.shape or not np.allclose(expected, mine, rtol=1e-4, atol=1e-5):

@@ -14,6 +14,10 @@ handed to ``pq.ParquetWriter``: no Python per user or per item. Memory per worke
 range's history rows + model + one ``batch × items`` float32 buffer per scoring thread,
 independent of the total number of users and interactions (beyond the model's factors).
 
+New items (``features/dt=D/new_items.parquet``, when preprocess wrote one) are scored from their
+warm neighbours (``cold_start``): index ``n_warm + j`` in the lists, mapped to their ids by the
+writer; their weights and who has seen them are ``n_cold × m`` and ``n_cold × few`` sparse.
+
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
     python -m nightly_topn.pipelines.topn_pipeline --features DIR --model DIR --fallback DIR \\
@@ -75,21 +79,25 @@ class ScoreUserRange(beam.DoFn):
     def setup(self):
         # Heavy state once per worker, not per element; history is read per range (``History``).
         from nightly_topn import scoring
-        from nightly_topn.features import History
+        from nightly_topn.features import History, read_new_items
         from nightly_topn.models import load_model
 
         self.threads = scoring.configure_threads(self.threads or None)
         self.history = History(self.features_dir)
+        self.new_items = read_new_items(self.features_dir)
+        cold = None if self.new_items is None else self.new_items.weights
         self.model = load_model(local_copy(self.model_dir))
         self.fallback = load_model(local_copy(self.fallback_dir))
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
-        self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads)
+        self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads,
+                                         cold_weights=cold)
         if self.scorer.fused and self.threads > 1:
             import torch
 
             torch.set_num_threads(1)
-        self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size)
+        self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size,
+                                                  cold_weights=cold)
 
     def process(self, user_range):
         import numpy as np
@@ -99,6 +107,8 @@ class ScoreUserRange(beam.DoFn):
         items = np.full((len(users), self.top_n), -1, dtype=np.int32)
         scores = np.full((len(users), self.top_n), -np.inf, dtype=np.float32)
         history = self.history[start:end]
+        if self.new_items is not None:  # + the new items' columns, so seen ones are masked
+            history = self.new_items.history(history, users)
         known = np.asarray(self.model.has_user(users, history), dtype=bool)  # incl. users folded in from history
         for rows, scorer in ((np.flatnonzero(known), self.scorer), (np.flatnonzero(~known), self.fallback_scorer)):
             if not len(rows):
@@ -134,8 +144,13 @@ class WriteRangeParquet(beam.DoFn):
         source = InteractionsFile(self.features_dir)
         try:
             self.user_ids, self.item_ids = source.ids(USER_MAP), source.ids(ITEM_MAP)
+            new_items = source.new_items()
         finally:
             source.close()
+        if new_items is not None:  # item index n_warm + j is new item j
+            import pyarrow as pa
+
+            self.item_ids = pa.concat_arrays([self.item_ids, new_items.ids])
 
     def to_batch(self, start, end, items, scores, known):
         """The range as one Arrow record batch in the ``schemas.TOPN`` layout (vectorised)."""

@@ -14,7 +14,9 @@ from nightly_topn.pipelines import topn_pipeline
 from nightly_topn.storage import Storage
 
 DATE = "2024-03-04"
-PARAMS = RunParams(train_window_days=4, iterations=3, factors=16, top_n=15, model="als", tuning_budget_seconds=0)
+# new_item_days=0: these tests compare the warm lists with model.recommend (new items: test_cold_start.py)
+PARAMS = RunParams(train_window_days=4, iterations=3, factors=16, top_n=15, model="als", tuning_budget_seconds=0,
+                   new_item_days=0)
 SMALL = ["--range_size=400", "--batch_size=96", "--row_group_size=64"]
 
 
