@@ -1,4 +1,4 @@
-"""The daily top-N DAG: ingest -> validate -> preprocess -> train -> evaluate -> top-N -> publish.
+"""The daily top-N DAG: ingest -> validate -> (rolling_eval, preprocess -> train) -> evaluate -> top-N -> publish.
 
 Thin by design: every task calls a job from ``nightly_topn.jobs`` (imported inside the task),
 so parsing this file imports nothing heavy.
@@ -54,7 +54,7 @@ SECTIONS = {
     "date": "What to run", "publish": "What to run", "allow_older": "What to run",
     "top_n": "Output", "beam_running_mode": "Output", "beam_workers": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
     "holdout_quantile": "Quality gate", "champion_tolerance": "Quality gate", "eval_protocol": "Quality gate",
-    "train_window_days": "Training data", "min_user_interactions": "Training data",
+    "train_window_days": "Training data", "recency_half_life_days": "Training data", "min_user_interactions": "Training data",
     "min_item_interactions": "Training data",
 }
 
@@ -173,6 +173,14 @@ def nightly_topn():
         return _job("validate", date)
 
     @task
+    def rolling_eval(date: str) -> dict:
+        """**What users saw**: once day D has landed, the lists published for D-7 have their whole
+        horizon; score them, and what that run's popularity baseline would have served, against
+        D-6..D -> ``reports/dt=D-7/rolling_eval.json``. ``evaluate`` shows it next to the holdout and
+        stops protecting a live champion whose served lists lost to popularity."""
+        return _job("rolling_eval", date)
+
+    @task
     def preprocess(date: str) -> dict:
         """**Preprocess**: the training window up to D (nothing later), dedupe, weight, filter,
         map ids, temporal holdout -> ``features/dt=D/``."""
@@ -228,9 +236,11 @@ def nightly_topn():
         return result
 
     date = ingest()
-    gates = validate_raw(date) >> preprocess(date) >> validate_features(date) >> train(date) >> evaluate(date)
+    raw_gate, quality_gate = validate_raw(date), evaluate(date)
+    raw_gate >> preprocess(date) >> validate_features(date) >> train(date) >> quality_gate
+    raw_gate >> rolling_eval(date) >> quality_gate
     version = topn(date)
-    gates >> version
+    quality_gate >> version
     publish(date, validate_topn(date, version))
 
 

@@ -16,11 +16,12 @@ def steps():
     from nightly_topn.jobs.ingest import ingest
     from nightly_topn.jobs.preprocess import preprocess
     from nightly_topn.jobs.publish import publish
+    from nightly_topn.jobs.rolling_eval import rolling_eval
     from nightly_topn.jobs.topn import topn
     from nightly_topn.jobs.train import train
     from nightly_topn.jobs.validate import validate_features, validate_raw, validate_topn
 
-    return [("ingest", ingest), ("validate", validate_raw), ("preprocess", preprocess),
+    return [("ingest", ingest), ("validate", validate_raw), ("rolling_eval", rolling_eval), ("preprocess", preprocess),
             ("validate_features", validate_features), ("train", train), ("evaluate", evaluate), ("topn", topn),
             ("validate_topn", validate_topn), ("publish", publish)]
 

@@ -97,13 +97,16 @@ def score_lists(users: list[str], lists: list[list[str]], relevant: dict[str, se
     return {"users": len(rows), **{m: float(np.nanmean(per_user[m])) for m in METRICS}}
 
 
-def _popularity_lists(store: Storage, day, user_ids: list[str], k: int) -> list[list[str]]:
+def _popularity_lists(store: Storage, day, user_ids: list[str], k: int) -> list[list[str]] | None:
     """What the popularity baseline of ``day``'s run would have served ``user_ids`` (seen items
     excluded, as in the published lists): the yardstick of the served lists."""
     from nightly_topn.evaluation import recommend_all
     from nightly_topn.features import Features
     from nightly_topn.models import load_model
 
+    if not (store.partition("features", day) / MANIFEST).is_file() \
+            or not (store.partition("models", day) / "final" / "popularity").is_dir():
+        return None  # that run's data is gone (retention): no yardstick, the lists are still scored
     features = Features.load(store.partition("features", day))
     index = {u: i for i, u in enumerate(features.user_ids)}
     rows = np.array([index[u] for u in user_ids if u in index], dtype=np.int64)
@@ -123,10 +126,13 @@ def served_quality(store: Storage, day, *, k: int, horizon_days: int = 7) -> dic
     result = {"date": day.isoformat(), "model_version": version, "k": k, "horizon_days": horizon_days,
               "days_landed": landed, "complete": landed == horizon_days, "listed_users": len(users),
               **score_lists(users, lists, relevant, k),
-              "popularity": score_lists(active, _popularity_lists(store, day, active, k), relevant, k)}
+              "popularity": None}
+    baseline = _popularity_lists(store, day, active, k)
+    if baseline is not None:
+        result["popularity"] = score_lists(active, baseline, relevant, k)
     write_json(store.partition("reports", day) / ROLLING_FILE, result)
     log.info("rolling eval %s (%s): %s; popularity ndcg %s", day, version,
-             {m: result[m] for m in ("users", *METRICS)}, result["popularity"]["ndcg"])
+             {m: result[m] for m in ("users", *METRICS)}, (result["popularity"] or {}).get("ndcg"))
     return result
 
 
