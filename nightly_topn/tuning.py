@@ -53,11 +53,12 @@ GRIDS: dict[str, dict[str, list]] = {
     "bpr": {"factors": [64, 128, 32, 256], "learning_rate": [0.05, 0.01, 0.1], "regularization": [0.01, 0.001, 0.1],
             "iterations": [100, 300, 30]},
     "horizon": {"epochs": [60, 30, 120], "half_life_days": [30.0, 7.0, 120.0], "horizon_days": [14, 7, 28],
-                "hidden": [256, 512, 128], "dropout": [0.5, 0.2], "cutoffs": [20, 40, 10], "lr": [1e-3, 3e-3]},
+                "hidden": [256, 512, 128], "dropout": [0.5, 0.2], "cutoffs": [20, 40, 10], "lr": [1e-3, 3e-3],
+                "confidence": CONFIDENCE},
     "sequence": {"epochs": [8, 4, 16], "max_len": [50, 20, 100], "dim": [64, 128], "dropout": [0.2, 0.5],
                  "lr": [3e-3, 1e-3]},
     "multvae": {"hidden": [600, 300], "latent": [200, 100], "dropout": [0.5, 0.3], "beta": [0.2, 0.5, 0.05],
-                "epochs": [100, 200, 50], "weight_decay": [0.0, 1e-5]},
+                "epochs": [100, 200, 50], "weight_decay": [0.0, 1e-5], "confidence": CONFIDENCE},
 }
 
 

@@ -13,7 +13,8 @@ from nightly_topn.models import MODELS, load_model
 from nightly_topn.models.confidence import weigh
 
 WEIGHTED = {"als": {"factors": 8, "iterations": 5, "regularization": 0.5}, "ease": {"l2": 50.0},
-            "puresvd": {"factors": 8}, "itemknn": {"neighbours": 20}}
+            "puresvd": {"factors": 8}, "itemknn": {"neighbours": 20},
+            "multvae": {"hidden": 32, "latent": 8, "epochs": 3}, "horizon": {"hidden": 16, "epochs": 3}}
 
 
 def test_each_scheme_weighs_every_positive():
@@ -54,7 +55,7 @@ def test_a_weighted_model_learns_from_the_values_and_a_binary_one_ignores_them(n
     assert np.allclose(loaded.score(users, history), weighted.score(users, history), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["als", "ease", "itemknn"])
+@pytest.mark.parametrize("name", ["als", "ease", "itemknn", "multvae", "horizon"])
 def test_history_rows_are_weighed_like_the_training_data(name, confidences):
     """A new user's history [a: 20, b: 1] and [a: 1, b: 20] score differently under a weighted
     model and identically under a binary one (fold-in and item-item products use the values)."""

@@ -29,8 +29,9 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, sparse_arrays,
-                                      sparse_from, state_arrays, torch_rows, torch_scores, torch_threads)
+from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, sparse_arrays, sparse_from,
+                                      state_arrays, torch_rows, torch_scores, torch_threads)
+from nightly_topn.models.confidence import check_scheme, weigh
 from nightly_topn.models.sequence import DAY, TREND_FEATURES, trend_table
 
 
@@ -91,20 +92,22 @@ class HorizonRecommender(Recommender):
 
     def __init__(self, hidden: int = 256, horizon_days: int = 14, stride_days: int = 7, cutoffs: int = 20,
                  half_life_days: float = 30.0, dropout: float = 0.5, epochs: int = 30, batch_size: int = 256,
-                 lr: float = 1e-3, weight_decay: float = 0.0, seed: int = 42, **extra):
+                 lr: float = 1e-3, weight_decay: float = 0.0, confidence: str = "binary", seed: int = 42, **extra):
         super().__init__(hidden=hidden, horizon_days=horizon_days, stride_days=stride_days, cutoffs=cutoffs,
                          half_life_days=half_life_days, dropout=dropout, epochs=epochs, batch_size=batch_size, lr=lr,
-                         weight_decay=weight_decay, seed=seed, **extra)
+                         weight_decay=weight_decay, confidence=check_scheme(confidence), seed=seed, **extra)
 
     def _examples(self, X: sp.csr_matrix, days: np.ndarray | None):
-        """(inputs CSR, targets CSR, cut-off index per example, trend table, recency CSR at the end)."""
+        """(inputs CSR, targets CSR, cut-off index per example, trend table, recency CSR at the end).
+        ``X`` holds the weighted confidences: inputs are weighted by them and by recency; every
+        future positive is a target of weight 1."""
         p = self.params
         n_users, n_items = X.shape
         rows = np.repeat(np.arange(n_users), np.diff(X.indptr))
-        cols = X.indices
+        cols, conf = X.indices, X.data
         if days is None:  # no order known: reconstruct the whole history (denoising autoencoder)
             trend = np.zeros((1, n_items, TREND_FEATURES), dtype=np.float32)
-            return X, X, np.zeros(n_users, dtype=np.int64), trend, X, 0
+            return X, binarize(X), np.zeros(n_users, dtype=np.int64), trend, X, 0
         last = int(days.max())
         end = last + 1
         trend = trend_table(cols, days, n_items, end)  # trend[τ] = activity before day τ
@@ -126,14 +129,15 @@ class HorizonRecommender(Recommender):
             sel_f = future & np.isin(rows, keep)
             remap = np.full(n_users, -1)
             remap[keep] = np.arange(len(keep))
-            w = np.power(0.5, (tau - days[sel_b]) / half).astype(np.float32)
+            w = (np.power(0.5, (tau - days[sel_b]) / half) * conf[sel_b]).astype(np.float32)
             inputs.append(sp.csr_matrix((w, (remap[rows[sel_b]], cols[sel_b])), shape=(len(keep), n_items)))
             targets.append(sp.csr_matrix((np.ones(sel_f.sum(), np.float32), (remap[rows[sel_f]], cols[sel_f])),
                                          shape=(len(keep), n_items)))
             taus.append(np.full(len(keep), tau))
-        recency = sp.csr_matrix((np.power(0.5, (end - days) / half).astype(np.float32), (rows, cols)), shape=X.shape)
+        recency = sp.csr_matrix(((np.power(0.5, (end - days) / half) * conf).astype(np.float32), (rows, cols)),
+                                shape=X.shape)
         if not inputs:  # too little history for any cut-off: fall back to reconstruction
-            return X, X, np.full(n_users, end), trend, recency, end
+            return X, binarize(X), np.full(n_users, end), trend, recency, end
         return sp.vstack(inputs).tocsr(), sp.vstack(targets).tocsr(), np.concatenate(taus), trend, recency, end
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "HorizonRecommender":
@@ -141,7 +145,7 @@ class HorizonRecommender(Recommender):
 
         torch.set_num_threads(torch_threads())
         p = self.params
-        X = binarize(interactions)
+        X = weigh(interactions, p["confidence"])
         X.sort_indices()
         n_users, n_items = X.shape
         if X.nnz == 0:
@@ -179,7 +183,7 @@ class HorizonRecommender(Recommender):
 
     def score(self, users, history):
         users = np.asarray(users)
-        history = binarize(align_history(history, self.n_items))
+        history = weigh(align_history(history, self.n_items), self.params["confidence"])
         known = self._trained_users(users)
         take = np.arange(len(users))  # trained users: their time-weighted history at the end of training
         take[known] = len(users) + np.arange(known.sum())

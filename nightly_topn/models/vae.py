@@ -4,7 +4,8 @@ Why this model: on dense explicit-feedback data such as MovieLens it models each
 history jointly (a softmax over the catalogue), which is where it matches or beats the linear
 item-item models; it folds in any user from the history row (the encoder *is* the fold-in).
 
-Training: L2-normalised, dropout-corrupted history → encoder (tanh) → Gaussian latent →
+Training: L2-normalised, dropout-corrupted history (weighted by the ``confidence`` knob; every
+positive is a target of the likelihood) → encoder (tanh) → Gaussian latent →
 decoder → multinomial log-likelihood, KL annealed up to ``beta``. Scoring uses the latent mean:
 the same network (``_network()``) in eval mode under ``torch.inference_mode``. Each member's
 ``state_dict`` is saved as plain arrays (npz, ``m0.enc1.weight``, ...) and loaded back into that
@@ -17,8 +18,9 @@ import functools
 import numpy as np
 import scipy.sparse as sp
 
-from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, state_arrays,
-                                      torch_rows, torch_scores, torch_threads)
+from nightly_topn.models.base import (Recommender, align_history, binarize, load_states, state_arrays, torch_rows,
+                                      torch_scores, torch_threads)
+from nightly_topn.models.confidence import check_scheme, weigh
 
 
 @functools.cache
@@ -65,10 +67,10 @@ class MultVAE(Recommender):
 
     def __init__(self, hidden: int = 600, latent: int = 200, dropout: float = 0.5, beta: float = 0.2,
                  anneal_epochs: int = 20, epochs: int = 60, batch_size: int = 128, lr: float = 1e-3,
-                 weight_decay: float = 0.0, ensemble: int = 1, seed: int = 42, **extra):
+                 weight_decay: float = 0.0, ensemble: int = 1, confidence: str = "binary", seed: int = 42, **extra):
         super().__init__(hidden=hidden, latent=latent, dropout=dropout, beta=beta, anneal_epochs=anneal_epochs,
                          epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-                         ensemble=ensemble, seed=seed, **extra)
+                         ensemble=ensemble, confidence=check_scheme(confidence), seed=seed, **extra)
 
     def _net(self, n_items: int):
         p = self.params
@@ -93,7 +95,8 @@ class MultVAE(Recommender):
             for lo in range(0, len(order), batch):
                 x = X[order[lo:lo + batch].numpy()]
                 logits, mu, logvar = net(torch_rows(x), gen)
-                nll = -(torch.log_softmax(logits, dim=1) * torch.from_numpy(x.toarray())).sum(dim=1).mean()
+                target = torch.from_numpy(binarize(x).toarray())  # weighted input, every positive a target
+                nll = -(torch.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
                 kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(dim=1)).mean()
                 loss = nll + beta * kl
                 opt.zero_grad()
@@ -102,7 +105,7 @@ class MultVAE(Recommender):
         return net.eval()
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "MultVAE":
-        X = binarize(interactions)
+        X = weigh(interactions, self.params["confidence"])
         if X.nnz == 0:
             raise ValueError("MultVAE cannot train on an empty interaction matrix")
         seed = int(self.params["seed"])
@@ -115,7 +118,7 @@ class MultVAE(Recommender):
     def score(self, users, history):
         import torch
 
-        h = binarize(align_history(history, self.n_items))
+        h = weigh(align_history(history, self.n_items), self.params["confidence"])
 
         def block(lo, hi):
             x = torch_rows(h[lo:hi])
