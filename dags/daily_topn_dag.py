@@ -55,7 +55,7 @@ SECTIONS = {
     "top_n": "Output", "beam_running_mode": "Output", "beam_workers": "Output", "eval_k": "Quality gate", "min_lift_over_popularity": "Quality gate",
     "holdout_quantile": "Quality gate", "champion_tolerance": "Quality gate", "eval_protocol": "Quality gate",
     "train_window_days": "Training data", "recency_half_life_days": "Training data", "min_user_interactions": "Training data",
-    "min_item_interactions": "Training data",
+    "min_item_interactions": "Training data", "new_item_days": "Training data",
 }
 
 

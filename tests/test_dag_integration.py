@@ -5,10 +5,11 @@ import subprocess
 
 import pyarrow.parquet as pq
 import pytest
+import scipy.sparse as sp
 from conftest import SMALL_SOURCE
 
 from tools.local_airflow import airflow_cli, airflow_env
-from nightly_topn.features import Features
+from nightly_topn.features import Features, read_new_items
 from nightly_topn.storage import Storage
 
 TOP_N = 12
@@ -49,8 +50,10 @@ def test_published_lists_are_complete_unseen_and_ranked(two_days, date):
     version = sorted(store.partition("topn", date).glob("v=*"))[-1]
     lists = pq.read_table(version).to_pylist()
     features = Features.load(store.partition("features", date))
-    history = features.matrix()
-    item_index = {item: i for i, item in enumerate(features.item_ids)}
+    new = read_new_items(store.partition("features", date))  # new items are listed too, never to who saw them
+    catalogue = list(features.item_ids) + (new.ids.to_pylist() if new else [])
+    history = sp.hstack([features.matrix(), new.seen], format="csr") if new else features.matrix()
+    item_index = {item: i for i, item in enumerate(catalogue)}
     assert [r["user_id"] for r in lists] == list(features.user_ids)  # every active user, sorted
     for user_index, row in enumerate(lists):
         assert len(row["item_ids"]) == TOP_N == len(set(row["item_ids"]))
