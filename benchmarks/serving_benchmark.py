@@ -1,7 +1,7 @@
 """Serving at MovieLens-20M shape: Redis load rate, and the HTTP service's throughput and
 p50/p99 latency at 1, 8 and 32 concurrent clients for each backend (Parquet, Redis). One run.
 
-    . .venv/bin/activate && python benchmarks/serving_benchmark.py      # ~2 min on 2 cores
+    . .venv/bin/activate && python benchmarks/serving_benchmark.py      # ~2-3 min on 2 cores
 
 Data: a published version of 138,493 users x top-100 (26,744 items) in the top-N schema
 (``schemas.TOPN``), written with the Storage API the way the top-N job writes one (staged
@@ -13,6 +13,9 @@ with ``reason`` saying so: ``validate_topn`` (which needs the features and model
 * ``load``: ``redis_store.load_published`` into a private ``redis-server`` (``tools.local_redis``:
   127.0.0.1, password, no persistence), timed from pointer to switch, ``--loads`` times (the
   first into an empty server, the next ones as a new version replacing the live one).
+* ``breakdown``: where a load's CPU goes, each step on one thread (read the Parquet, build the
+  bodies -- of which float32 scores to text --, frame the commands), and Redis alone storing the
+  framed commands.
 * ``service``: ``nightly-topn serve`` in its own process (uvicorn), per backend; the client is
   this process: an asyncio keep-alive HTTP/1.1 client on raw sockets (uvloop when installed),
   C connections each sending ``--requests`` / C requests for random known users, with the
@@ -104,6 +107,44 @@ def build(root: Path, rebuild: bool) -> Storage:
     return store
 
 
+def load_breakdown(store: Storage, url: str) -> dict:
+    """Where a load's CPU goes, on one thread: read the Parquet, encode the bodies (of which the
+    float32 scores to text), frame the commands; then Redis alone storing the framed commands."""
+    import pyarrow.compute as pc
+
+    from nightly_topn.serving import encoding, redis_store
+    from nightly_topn.storage import MANIFEST, read_json
+
+    directory = store.root / store.published()["path"]
+    version = store.published()["path"]
+    cost = dict.fromkeys(("read", "scores_to_text", "bodies", "framing", "redis_store"), 0.0)
+    commands = []
+    for chunk in encoding.chunks(directory, read_json(directory / MANIFEST)["files"], version, redis_store.BATCH_ROWS):
+        started = time.perf_counter()
+        batch = encoding.read_chunk(chunk, version)
+        cost["read"] += time.perf_counter() - started
+        started = time.perf_counter()
+        pc.cast(batch.column("scores"), pa.list_(pa.string()))
+        cost["scores_to_text"] += time.perf_counter() - started
+        started = time.perf_counter()
+        encoding.bodies(batch, version)
+        cost["bodies"] += time.perf_counter() - started
+        started = time.perf_counter()
+        commands.append(redis_store._hset_command("nightly_topn:breakdown", batch, version))
+        cost["framing"] += time.perf_counter() - started  # includes a second bodies(): subtracted below
+    cost["framing"] -= cost["bodies"]
+    client = redis_store.connect(url)
+    connection = client.connection_pool.get_connection()
+    started = time.perf_counter()
+    for command in commands:
+        connection.send_packed_command(command, check_health=False)
+        connection.read_response()
+    cost["redis_store"] = time.perf_counter() - started
+    client.connection_pool.release(connection)
+    client.unlink("nightly_topn:breakdown")
+    return cost
+
+
 def measure_loads(store: Storage, url: str, loads: int) -> list[dict]:
     from nightly_topn.serving import redis_store
 
@@ -185,6 +226,7 @@ def main(argv=None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",")]
     with LocalRedis() as server:
         loads = measure_loads(store, server.url, args.loads)
+        breakdown = load_breakdown(store, server.url)
         service = [row for backend in args.backends.split(",")
                    for row in measure_service(backend, store, server.url, concurrency, args.requests)]
     print(f"\nRedis load, {SHAPE['users']:,} users x top-{SHAPE['top_n']} ({os.cpu_count()} cores, one run)")
@@ -192,6 +234,8 @@ def main(argv=None) -> int:
         what = "into an empty Redis" if i == 0 else "a new version replacing the live one"
         print(f"  load {i + 1} ({what}): {load['seconds']:.2f} s  {load['users_per_s']:>9,.0f} users/s")
     best = max(load["users_per_s"] for load in loads)
+    print("  where the CPU goes (one thread, s): " + ", ".join(f"{k} {v:.2f}" for k, v in breakdown.items())
+          + f"  (bodies includes scores_to_text; total {sum(breakdown.values()) - breakdown['scores_to_text']:.2f})")
     print(f"\n{'backend':8s} {'clients':>7s} {'requests':>8s} {'req/s':>8s} {'p50 ms':>7s} {'p99 ms':>7s}")
     for row in service:
         print(f"{row['backend']:8s} {row['clients']:7d} {row['requests']:8d} {row['rps']:8,.0f} "

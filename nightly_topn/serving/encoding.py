@@ -59,12 +59,13 @@ def _needs_escape(strings) -> bool:
     chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
     for chunk in chunks:
         data = chunk.buffers()[2]
-        if data is None:
-            continue
-        raw = np.frombuffer(data, dtype=np.uint8)
-        if ((raw < 0x20) | (raw == 0x22) | (raw == 0x5C)).any():
+        if data is not None and _ESCAPED[np.frombuffer(data, dtype=np.uint8)].any():
             return True
     return False
+
+
+_ESCAPED = np.zeros(256, dtype=bool)
+_ESCAPED[:0x20] = _ESCAPED[0x22] = _ESCAPED[0x5C] = True
 
 
 def truncated(body: bytes, n: int | None) -> bytes:

@@ -37,7 +37,7 @@ from nightly_topn.storage import MANIFEST, Storage, read_json
 log = logging.getLogger(__name__)
 REDIS_URL_ENV = "NIGHTLY_TOPN_REDIS_URL"
 DEFAULT_PREFIX = "nightly_topn"
-BATCH_ROWS = 2000
+BATCH_ROWS = 8000  # users per HSET: ~17 MB at top-100 (measured: 4000 and 16000 were slower)
 
 #: One lookup, atomic on the server: the live token and that version's body of user ARGV[2]
 #: (KEYS[1] = PREFIX:live, ARGV[1] = "PREFIX:v:"). Reads a key it derives (not Cluster-safe).
