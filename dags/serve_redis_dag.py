@@ -8,7 +8,8 @@ up, the newest lists) under a new version and switches the readers' alias once e
 version serving and is cleaned up by the next load.
 
 Deployment settings: ``NIGHTLY_TOPN_REDIS_URL`` (``redis://:PASSWORD@HOST:PORT/DB``, in the
-workers' environment, never in a file of the repository) and ``NIGHTLY_TOPN_ROOT``.
+workers' environment, never in a file of the repository) and ``NIGHTLY_TOPN_ROOT``. The DAG is
+paused when first deployed: unpause it once Redis is configured.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from nightly_topn.serving.assets import lists_asset
     start_date=dt.datetime(2024, 3, 1, tzinfo=dt.timezone.utc),
     catchup=False,
     max_active_runs=1,
+    is_paused_upon_creation=True,  # unpause once NIGHTLY_TOPN_REDIS_URL is set on the workers
     default_args={"execution_timeout": dt.timedelta(minutes=30)},
     tags=["recommender", "serving"],
     doc_md=__doc__,

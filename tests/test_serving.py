@@ -55,6 +55,20 @@ def test_arrow_bodies_are_the_bytes_of_the_per_row_encoder(root):
         assert body.encode() == body_of(reader.get(user_id), version)
 
 
+def test_the_lazy_parquet_backend_answers_what_the_preloaded_one_does(root):
+    from nightly_topn.serving.service import ParquetBackend
+
+    preloaded, lazy = ParquetBackend(root), ParquetBackend(root, preload=False)
+    assert preloaded.refresh() and lazy.refresh() and not lazy.refresh()  # the second: nothing new
+    users = list(version_rows(root, day_version(root, DAY1))) + ["nobody-at-all"]
+
+    async def answers(backend):
+        return [(await backend.lookup(user))[1] for user in users]
+
+    assert asyncio.run(answers(lazy)) == asyncio.run(answers(preloaded))
+    assert asyncio.run(answers(lazy))[-1] is None
+
+
 def test_ids_that_need_json_escaping_come_out_as_valid_json():
     ids = ['u"quote', "u\\back", "u\nline", "u\ttab", "ü-ok"]
     table = pa.table({"user_id": ids, "item_ids": [['i"1', "i\\2"]] * 5, "scores": [[0.5, 0.25]] * 5,
