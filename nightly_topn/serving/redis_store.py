@@ -91,6 +91,9 @@ def check(call, url: str, *args):
         raise JobFailed(f"Redis at {describe(url)}: {cause_of(exc)}") from None
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise JobFailed(f"cannot reach Redis at {describe(url)} ({cause_of(exc)})") from None
+    except redis.exceptions.LockError as exc:
+        raise JobFailed(f"lost the load lock of Redis at {describe(url)} (held past its expiry; another load "
+                        f"may have taken over): {cause_of(exc)}; the live version is unchanged") from None
 
 
 class Keys:
@@ -180,6 +183,7 @@ def _load(client, keys: Keys, store: Storage, pointer: dict, directory, batch_ro
         client.unlink(data, keys.meta(token))
         client.srem(keys.versions, token)
         raise
+    lock.reacquire()  # still ours (raises if another load took over): only then switch
     client.set(keys.live, token)  # the switch: one SET, readers go from one complete version to the next
     removed = _remove_others(client, keys, token)
     seconds = time.perf_counter() - started

@@ -130,6 +130,7 @@ class RedisBackend:
         self.live: Live | None = None
         self._queue: list = []
         self._pipelines = 0
+        self._drains: set = set()
 
     def refresh(self) -> bool:
         from nightly_topn.serving import redis_store
@@ -152,7 +153,9 @@ class RedisBackend:
         self._queue.append((user_id, future))
         if self._pipelines < self.PIPELINES:
             self._pipelines += 1
-            asyncio.get_running_loop().create_task(self._drain())
+            drain = asyncio.get_running_loop().create_task(self._drain())
+            self._drains.add(drain)  # a task nobody references may be collected mid-way
+            drain.add_done_callback(self._drains.discard)
         reply = await future
         if reply is None:
             raise NotLive(f"no lists are loaded into Redis under {self.keys.live}")
