@@ -108,13 +108,14 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         info["selection"] = f"model fixed to {winner} by the run params"
     else:
         winner = choose(results)
-        ranked = sorted(results.values(), key=lambda r: -r.best_metric)
+        ranked = sorted(results.values(), key=lambda r: -r.selection[0])
         best = ranked[0]
-        se = best.summary().get("best_metric_se") or 0.0
+        se = best.selection[1]
         why = (f"{winner} has the best validation NDCG@{params.eval_k}" if winner == best.model else
                f"{winner} is the simplest candidate within one standard error ({se:.4f}) of the best validation "
                f"NDCG@{params.eval_k} ({best.model})")
-        info["selection"] = why + " — validation: " + ", ".join(f"{r.model} {r.best_metric:.4f}" for r in ranked)
+        info["selection"] = why + " — validation (check half): " + ", ".join(f"{r.model} {r.selection[0]:.4f}"
+                                                                          for r in ranked)
     return winner, results, info
 
 

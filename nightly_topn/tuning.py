@@ -5,8 +5,9 @@ value of every knob, sweep one knob at a time keeping the best, two rounds), the
 grid points until the model's share of the budget is spent or ``PATIENCE`` trials in a row did
 not improve. Each trial fits on the *fit* part of the training data and scores NDCG@K on the
 validation rows (carved from the training data with the same protocol as the test split). The
-best configuration per model, and the best model overall, are chosen on validation only; the
-caller refits the choice on all training data.
+validation users are halved: each model's best configuration is chosen on the search half, and
+the models are compared on the check half, which no search saw (``validation_halves``). Both
+choices use validation only; the caller refits the choice on all training data.
 
 Reproducibility: the trial order, the seeds and the data decide the result. The budget only
 decides how many trials run, and the number tried is recorded with every result, so a rerun
@@ -94,6 +95,8 @@ class Trial:
     metrics: dict
     seconds: float
     error: str | None = None
+    #: (metric, its standard error) on the check half of the validation users, which the search never sees
+    check: tuple[float, float] | None = None
 
 
 @dataclass
@@ -106,10 +109,23 @@ class TuningResult:
     seconds: float = 0.0
     exhausted: bool = False  # True when every configuration was tried within the budget
 
+    @property
+    def selection(self) -> tuple[float, float]:
+        """``(metric, standard error)`` the candidates are compared on: the best configuration's
+        score on the check half of the validation users (unseen by the search, so free of the
+        optimism of the best of many trials), else its search score."""
+        if not self.trials:
+            return self.best_metric, 0.0
+        best = best_trial(self)
+        if best.check is not None:
+            return best.check
+        return best.metric, best.metrics.get("ndcg_se", 0.0)
+
     def summary(self) -> dict:
         best_se = max(self.trials, key=lambda t: t.metric).metrics.get("ndcg_se") if self.trials else None
+        check = best_trial(self).check if self.trials else None
         return {"model": self.model, "best_params": self.best_params, "best_metric": self.best_metric,
-                "best_metric_se": best_se,
+                "best_metric_se": best_se, "check_metric": check and check[0], "check_metric_se": check and check[1],
                 "trials": len(self.trials), "budget_seconds": round(self.budget_seconds, 1),
                 "seconds": round(self.seconds, 2), "exhausted": self.exhausted,
                 "trial_log": [{"params": t.params, "metric": round(t.metric, 5), "seconds": round(t.seconds, 2),
@@ -138,6 +154,7 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     """
     grid = _grid(name, fixed)
     started = time.perf_counter()
+    search_rows, check_rows = validation_halves(validation, seed)
     result = TuningResult(name, {}, -np.inf, budget_seconds=budget_seconds)
     tried: dict[tuple, float] = {}
     state = {"since_best": 0, "stop": False}
@@ -152,13 +169,17 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
             return -np.inf
         params = params_with_seed(name, cfg, seed)
         t0 = time.perf_counter()
+        check = None
         try:
             model = MODELS[name](**params).fit(fit, times)
-            metrics = evaluate_model(model, fit, validation, k)
+            metrics = evaluate_model(model, fit, search_rows, k)
             value, error = float(metrics[metric]), None
+            if check_rows is not None:
+                scored = evaluate_model(model, fit, check_rows, k)
+                check = (float(scored[metric]), float(scored.get(f"{metric}_se", 0.0)))
         except (MemoryError, ValueError, np.linalg.LinAlgError) as exc:  # a config the data cannot support
             metrics, value, error = {}, -np.inf, f"{type(exc).__name__}: {exc}"
-        result.trials.append(Trial(name, params, value, metrics, time.perf_counter() - t0, error))
+        result.trials.append(Trial(name, params, value, metrics, time.perf_counter() - t0, error, check))
         tried[key] = value
         log.info("tune %s %s -> %s=%.4f (%.1fs)%s", name, cfg, metric, value, result.trials[-1].seconds,
                  f" [{error}]" if error else "")
@@ -194,6 +215,30 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     if not np.isfinite(result.best_metric):
         result.best_params = params_with_seed(name, best_cfg, seed)
     return result
+
+
+#: Below this many validation users the validation split is not halved (too few to score twice).
+MIN_CHECK_USERS = 100
+
+
+def validation_halves(validation: sp.csr_matrix, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix | None]:
+    """The validation rows split by user into a *search* half, on which each model's grid is
+    searched, and a *check* half, on which the candidates' best configurations are compared.
+    The best of many trials on one split is an optimistic estimate, the more so the more trials
+    and knobs a model has; its score on users the search never saw is not. Seeded, so the same
+    data and seed give the same halves."""
+    validation = sp.csr_matrix(validation)
+    users = np.flatnonzero(np.diff(validation.indptr) > 0)
+    if len(users) < 2 * MIN_CHECK_USERS:
+        return validation, None
+    check = np.zeros(validation.shape[0], dtype=bool)
+    check[np.random.default_rng([seed, 7]).permutation(users)[: len(users) // 2]] = True
+    halves = []
+    for rows in (~check, check):
+        half = sp.csr_matrix(sp.diags(rows.astype(np.float32)) @ validation)
+        half.eliminate_zeros()
+        halves.append(half)
+    return halves[0], halves[1]
 
 
 def _grid(name: str, fixed: dict | None) -> dict[str, list]:
@@ -236,7 +281,8 @@ def complexity(name: str) -> int:
 
 
 def choose(results: dict[str, TuningResult], rule: str = "one_se") -> str:
-    """The winning candidate on validation.
+    """The winning candidate on validation (each candidate's ``selection`` score: its best
+    configuration on the check half of the validation users).
 
     ``rule="best"``: the best validation NDCG. ``rule="one_se"`` (default): the one-standard-error
     rule of cross-validation (Breiman et al. 1984; Hastie et al., ESL §7.10) — among candidates
@@ -249,17 +295,17 @@ def choose(results: dict[str, TuningResult], rule: str = "one_se") -> str:
     scored = {n: r for n, r in results.items() if np.isfinite(r.best_metric)}
     if not scored:
         return next(iter(results))
-    best = max(scored.values(), key=lambda r: r.best_metric)
+    best = max(scored.values(), key=lambda r: r.selection[0])
     if rule == "best":
         return best.model
     if rule != "one_se":
         raise ValueError(f"unknown choice rule {rule!r}; use 'one_se' or 'best'")
     if best.model == BASELINE:
         return best.model
-    se = best_trial(best).metrics.get("ndcg_se", 0.0) if best.trials else 0.0
+    top, se = best.selection
     # The baseline is what the quality gate compares against, never a parsimony pick.
-    close = [r for r in scored.values() if r.model != BASELINE and r.best_metric >= best.best_metric - se]
-    return min(close, key=lambda r: (complexity(r.model), -r.best_metric)).model
+    close = [r for r in scored.values() if r.model != BASELINE and r.selection[0] >= top - se]
+    return min(close, key=lambda r: (complexity(r.model), -r.selection[0])).model
 
 
 def best_trial(result: TuningResult) -> Trial:

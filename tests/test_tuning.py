@@ -203,6 +203,37 @@ def test_choice_rule_one_standard_error():
     assert choose({"popularity": result("popularity", 0.3, 0.01), "als": result("als", 0.2, 0.01)}) == "popularity"
 
 
+def test_models_are_compared_on_validation_users_the_search_never_saw(fit_val):
+    """The best of many trials is optimistic on the users it was picked on; the candidates are
+    compared on the other half of the validation users."""
+    import scipy.sparse as sp
+
+    from nightly_topn.tuning import MIN_CHECK_USERS, Trial, TuningResult, tune_model, validation_halves
+
+    _, val = fit_val
+    search, check = validation_halves(val, seed=42)
+    users = set(np.flatnonzero(np.diff(val.indptr) > 0))
+    halves = [set(np.flatnonzero(np.diff(m.indptr) > 0)) for m in (search, check)]
+    assert halves[0] | halves[1] == users and not halves[0] & halves[1]  # every validation user, once
+    assert abs(len(halves[0]) - len(halves[1])) <= 1 and (search + check != val).nnz == 0
+    assert all((m != n).nnz == 0 for m, n in zip(validation_halves(val, seed=42), (search, check)))
+    few = sp.csr_matrix(val[: 2 * MIN_CHECK_USERS - 1])
+    assert validation_halves(few, seed=42)[1] is None  # too few users to score twice: no check half
+    # a search records the check score of every trial; the choice uses it, not the search score
+    fit, _ = fit_val
+    result = tune_model("ease", fit, val, budget_seconds=30, max_trials=3, patience=None)
+    assert all(t.check is not None for t in result.trials) and result.selection == max(
+        result.trials, key=lambda t: t.metric).check
+
+    def result_of(name, search_ndcg, check_ndcg):
+        return TuningResult(name, {}, search_ndcg,
+                            trials=[Trial(name, {}, search_ndcg, {"ndcg_se": 0.001}, 0.1, check=(check_ndcg, 0.001))])
+
+    lucky = {"popularity": result_of("popularity", 0.1, 0.1), "als": result_of("als", 0.30, 0.25),
+             "ease": result_of("ease", 0.27, 0.27)}
+    assert choose(lucky) == "ease"  # ALS's edge was the search's optimism
+
+
 def test_validation_fits_get_event_times(nightly, monkeypatch):
     """Order/recency models must see times during tuning too, not only in the final fits."""
     from nightly_topn.config import RunParams
