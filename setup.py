@@ -42,6 +42,7 @@ setup(
         "threadpoolctl>=3",  # imported directly (BLAS threads off while implicit trains)
         "redis>=5,<9",  # versioned loads into Redis and the service's Redis backend
         "prometheus-client>=0.20",  # the service's /metrics
+        "uvicorn>=0.30",  # the service's ASGI server
         "pydantic>=2",  # typed run parameters
         "filelock>=3.12",  # the date and publish locks
         "psutil>=5.9",  # is a staging folder's writer still alive
