@@ -37,6 +37,9 @@ def airflow_runs(tmp_path_factory):
     env = airflow_env(work / "home", work / "data", NIGHTLY_TOPN_SOURCE=SMALL_SOURCE,
                       AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False")
     subprocess.run([airflow_cli(), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+    # the downstream DAG is paused when first deployed; a team unpauses it once Redis is configured
+    for command in (["dags", "reserialize"], ["dags", "unpause", "nightly_topn_serve_redis"]):
+        subprocess.run([airflow_cli(), *command], env=env, check=True, capture_output=True, timeout=300)
     runs = json.dumps([[logical, json.dumps({**KNOBS, **conf})] for logical, conf in RUNS])
     proc = subprocess.run([sys.executable, "-c", DAGS_TEST, runs], env=env, capture_output=True, text=True,
                           timeout=900)

@@ -190,7 +190,7 @@ def test_login_and_trigger_form_screenshot(tmp_path, chromium):
                 targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=5).json()
                 page_target = next(t for t in targets if t["type"] == "page")
                 break
-            except (OSError, ValueError, StopIteration):
+            except (httpx.TransportError, ValueError, StopIteration):
                 if time.monotonic() > deadline or browser.poll() is not None:
                     raise RuntimeError((tmp_path / "chromium.log").read_text(errors="replace")[-3000:])
                 time.sleep(0.5)
