@@ -124,7 +124,7 @@ def test_a_new_item_like_what_a_user_loves_is_ranked_for_them_unless_seen():
     x = cold_start.attribute_matrix(catalogue([(f"s{i}", "Space", ["sci-fi"]) for i in range(4)]
                                               + [(f"r{i}", "Love", ["romance"]) for i in range(4)]
                                               + [("new", "Space Again", ["sci-fi"])]))
-    indptr, nb, w = cold_start.neighbours(x[8:], x[:8])
+    indptr, nb, w = cold_start.neighbours(x[8:], x[:8], m=4)
     assert sorted(nb.tolist()) == [0, 1, 2, 3]
     table = cold_start.new_item_table(np.array(["new"]), np.array([0]), indptr, nb, w, np.array([0, 0]),
                                       np.empty(0, np.int32))
