@@ -316,9 +316,9 @@ class TopNScorer:
     def _verify(self, users, history) -> None:
         """Check on a few users that ``U[u] @ Vᵀ`` reproduces ``model.score``; else use the model."""
         sample = users[: min(len(users), 32)]
-        rows = history[: len(sample)]
-        if history.shape[1] > self.n_items:  # new items' columns: the model knows only its own
-            rows = rows[:, : self.n_items]
+        from nightly_topn.models.base import align_history
+
+        rows = align_history(history[: len(sample)], self.n_items)  # new items' columns: not the model's
         expected = np.asarray(self.model.score(sample, rows), dtype=np.float32)
         mine = self.user_factors.numpy()[np.minimum(sample, len(self.user_factors) - 1)] @ self.item_factors_t.numpy()
         self._verified = True
