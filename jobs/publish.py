@@ -42,11 +42,12 @@ def publish(date, *, root=None, params: RunParams = RunParams(), allow_older: bo
         return {"date": date.isoformat(), "published": False, "path": str(chosen), "reason": "dry run"}
     manifest = read_json(chosen / MANIFEST)
     with publish_lock(store):
+        previous = (store.published() or {}).get("path")  # kept: what a rollback would go back to
         pointer = store.publish(date, chosen, allow_older=allow_older,
                                 extra={"model_version": manifest["model_version"], "rows": manifest["rows"]})
         live = store.published() or {}
     for old in store.versions(date)[:-KEEP_VERSIONS]:
-        if old != chosen and str(old.relative_to(store.root)) != live.get("path"):
+        if old != chosen and str(old.relative_to(store.root)) not in (live.get("path"), previous):
             shutil.rmtree(old, ignore_errors=True)
     published = not pointer.get("kept")
     log.info("publish %s: %s", date, f"live -> {chosen}" if published else pointer["reason"])

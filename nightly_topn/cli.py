@@ -5,6 +5,7 @@
     nightly-topn lookup u000042 [--date D]      # one user's published list (JSON)
     nightly-topn export lists.jsonl [--format jsonl|tsv] [--date D]   # every list, for a KV store
     nightly-topn load-redis [URL]               # the live lists into Redis (URL: $NIGHTLY_TOPN_REDIS_URL)
+    nightly-topn rollback --reason "..."        # the previous published lists back on the air
     nightly-topn serve [--port 8080] [--backend parquet|redis]   # HTTP lookups ($NIGHTLY_TOPN_API_TOKEN)
 
 Every knob is checked against its bounds (``nightly_topn.config.RunParams``) before any work
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     export.add_argument("--format", choices=["jsonl", "tsv"], default="jsonl")
     export.add_argument("--date", help="a given date's (gated) lists instead of the live ones")
     export.add_argument("--root")
+    back = sub.add_parser("rollback", help="move the published pointer back to the previous good version")
+    back.add_argument("--reason", required=True, help="why (recorded in the pointer history and the alert)")
+    back.add_argument("--root")
     _add_serving(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -100,6 +104,11 @@ def _dispatch(args) -> int:
     from nightly_topn.jobs import preflight, run_day, run_job
     from nightly_topn.storage import as_date
 
+    if args.command == "rollback":
+        from nightly_topn.jobs.rollback import rollback
+
+        print(json.dumps(rollback(root=args.root, reason=args.reason)))
+        return 0
     if args.command == "load-redis":
         from nightly_topn.serving.redis_store import load_published
 

@@ -46,6 +46,8 @@ from nightly_topn.errors import BadInput, ConfigError, MissingPartition, Publish
 KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "reports", "alerts")
 MANIFEST = "_manifest.json"
 POINTER = "CURRENT.json"
+#: Every move of the pointer (publish and rollback), one JSON line each, next to the pointer.
+POINTER_HISTORY = "_pointer_history.jsonl"
 #: The top-N gate's verdict on one version, written into the version it checked.
 VERDICT = "_gate.json"
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -166,6 +168,26 @@ class Storage:
             return None
         return json.loads(path.read_text())
 
+    def pointer_history(self) -> list[dict]:
+        """Every pointer this root has had, oldest first (``action``: publish or rollback)."""
+        path = self.pointer_path().with_name(POINTER_HISTORY)
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def rolled_back(self) -> set[str]:
+        """Versions (root-relative paths) a rollback moved the pointer away from: never published again."""
+        return {entry["rolled_back_from"] for entry in self.pointer_history() if entry.get("rolled_back_from")}
+
+    def move_pointer(self, pointer: dict, action: str) -> dict:
+        """Write ``pointer`` (atomic rename) and append it to the history. Callers hold the publish lock."""
+        write_json(self.pointer_path(), pointer)
+        with self.pointer_path().with_name(POINTER_HISTORY).open("a") as out:
+            out.write(json.dumps({**pointer, "action": action}, sort_keys=True, default=str) + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        return pointer
+
     # -- top-N versions and the gate's verdict ---------------------------------------------
     def versions(self, date) -> list[Path]:
         """Complete (manifested) top-N versions of ``date``, oldest first."""
@@ -248,17 +270,20 @@ class Storage:
         """
         date = as_date(date)
         version_dir = self.gated_version(date, version_dir)
+        relative = str(version_dir.relative_to(self.root))
+        if relative in self.rolled_back():
+            raise PublishRefused(f"not publishing {relative}: a rollback took it off the air; run topn again "
+                                 f"for a new version of {date}")
         current = self.published()
         if current and as_date(current["date"]) > date and not allow_older:
             return {**current, "kept": True, "reason": f"live date {current['date']} is newer than {date}"}
         pointer = {
             "date": date.isoformat(),
-            "path": str(version_dir.relative_to(self.root)),
+            "path": relative,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
         }
-        write_json(self.pointer_path(), pointer)
-        return pointer
+        return self.move_pointer(pointer, "publish")
 
 
 #: Names of what a writer leaves while it works: ``.staging-NAME-HOST-PID-ID``, ``.trash-...``, ``.NAME.HOST-PID-ID.tmp``.

@@ -1,0 +1,69 @@
+"""Rollback: put the previously published lists back on the air in one atomic step.
+
+When the live lists turn out worse than the ones before (a complaint, the rolling evaluation),
+``rollback`` moves the pointer ``topn/CURRENT.json`` back to the newest earlier entry of the
+pointer history (``topn/_pointer_history.jsonl``) whose version still exists and still passes
+its gate verdict, under the same lock as ``publish``. The move is recorded in the history
+(``action: rollback``, ``rolled_back_from``, who and why) and as an alert under ``alerts/``.
+
+It is not silently undone: the version rolled back from is never published again (a rerun of
+its date makes a new version, which must pass its gates), and the next run's quality gate
+compares against the champion the pointer now names: the rolled-back-to model.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import logging
+
+from nightly_topn.errors import MissingPartition
+from nightly_topn.storage import MANIFEST, POINTER_HISTORY, Storage, as_date, read_json
+
+log = logging.getLogger(__name__)
+
+
+def rollback_target(store: Storage) -> dict:
+    """The history entry to go back to: the newest one before the live pointer that names another
+    version, still complete and gate-passed, and not itself rolled back from."""
+    live = store.published()
+    if live is None:
+        raise MissingPartition(f"nothing is published under {store.root}: nothing to roll back")
+    history, gone = store.pointer_history(), store.rolled_back() | {live["path"]}
+    skipped = []
+    for entry in reversed(history):
+        if entry["path"] in gone:
+            continue
+        version = store.root / entry["path"]
+        problem = store.verdict_problem(version) if (version / MANIFEST).is_file() else f"{version} was deleted"
+        if problem is None:
+            return entry
+        skipped.append(problem)
+        gone.add(entry["path"])
+    why = f" ({len(skipped)} earlier version(s) unusable, e.g. {skipped[0]})" if skipped else ""
+    raise MissingPartition(f"no earlier published version to roll back to from {live['path']}{why}; "
+                           f"see {store.pointer_path().with_name(POINTER_HISTORY)}")
+
+
+def rollback(*, root=None, reason: str = "", by: str | None = None) -> dict:
+    """Move the pointer back to the previous good version; returns the new pointer."""
+    from nightly_topn.alerts import write_alert
+    from nightly_topn.jobs.publish import publish_lock
+
+    store = Storage.at(root)
+    with publish_lock(store):
+        live = store.published()
+        target = rollback_target(store)
+        manifest = read_json(store.root / target["path"] / MANIFEST)
+        now = dt.datetime.now(dt.timezone.utc)
+        pointer = {"date": target["date"], "path": target["path"], "published_at": now.isoformat(timespec="seconds"),
+                   "model_version": manifest["model_version"], "rows": manifest["rows"],
+                   "rolled_back_from": live["path"], "rollback_reason": reason[:500],
+                   "rolled_back_by": by or getpass.getuser()}
+        store.move_pointer(pointer, "rollback")
+    message = (f"rolled back the live lists from {live['path']} to {target['path']} "
+               f"(model {pointer['model_version']}): {reason or 'no reason given'}")
+    log.warning("%s", message)
+    write_alert({"date": as_date(live["date"]).isoformat(), "dag_id": "rollback", "run_id": None,
+                 "task_id": "rollback", "try_number": now.strftime("%Y%m%dT%H%M%S"), "error_type": "Rollback",
+                 "reason": message, "log_url": None, "recorded_at": pointer["published_at"]}, root=root)
+    return pointer
