@@ -17,7 +17,7 @@ import getpass
 import logging
 
 from nightly_topn.errors import MissingPartition
-from nightly_topn.storage import MANIFEST, POINTER_HISTORY, Storage, as_date, read_json
+from nightly_topn.storage import MANIFEST, POINTER_HISTORY, Storage
 
 log = logging.getLogger(__name__)
 
@@ -46,24 +46,23 @@ def rollback_target(store: Storage) -> dict:
 
 def rollback(*, root=None, reason: str = "", by: str | None = None) -> dict:
     """Move the pointer back to the previous good version; returns the new pointer."""
-    from nightly_topn.alerts import write_alert
+    from nightly_topn.alerts import alert_payload, write_alert
     from nightly_topn.jobs.publish import publish_lock
 
     store = Storage.at(root)
     with publish_lock(store):
         live = store.published()
         target = rollback_target(store)
-        manifest = read_json(store.root / target["path"] / MANIFEST)
         now = dt.datetime.now(dt.timezone.utc)
         pointer = {"date": target["date"], "path": target["path"], "published_at": now.isoformat(timespec="seconds"),
-                   "model_version": manifest["model_version"], "rows": manifest["rows"],
+                   "model_version": target.get("model_version"), "rows": target.get("rows"),  # as published
                    "rolled_back_from": live["path"], "rollback_reason": reason[:500],
                    "rolled_back_by": by or getpass.getuser()}
         store.move_pointer(pointer, "rollback")
     message = (f"rolled back the live lists from {live['path']} to {target['path']} "
                f"(model {pointer['model_version']}): {reason or 'no reason given'}")
     log.warning("%s", message)
-    write_alert({"date": as_date(live["date"]).isoformat(), "dag_id": "rollback", "run_id": None,
-                 "task_id": "rollback", "try_number": now.strftime("%Y%m%dT%H%M%S"), "error_type": "Rollback",
-                 "reason": message, "log_url": None, "recorded_at": pointer["published_at"]}, root=root)
+    alert = alert_payload(date=live["date"], dag_id="rollback", run_id=pointer["rolled_back_by"], task_id="rollback",
+                          try_number=now.strftime("%Y%m%dT%H%M%S"), reason=message)
+    write_alert({**alert, "error_type": "Rollback"}, root=root)
     return pointer
