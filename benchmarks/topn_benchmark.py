@@ -99,11 +99,14 @@ def task_kernel(args):
 
     from nightly_topn import scoring
 
+    from nightly_topn.rules import CandidateRules
+
     threads = scoring.configure_threads(args.threads or None)
     history, model = _load(args.root)
     n_users = min(history.shape[0], args.limit or history.shape[0])
+    rules = CandidateRules.read(f"{args.root}/features/dt={DATE}", *history.shape)  # benchmarks/rules_cost.py
     # the pipeline's setting: ``threads`` batches in flight, one torch thread each
-    scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads)
+    scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads, rules=rules)
     if scorer.fused and threads > 1:
         import torch
 
@@ -116,12 +119,15 @@ def task_kernel(args):
         hi = min(lo + args.range_size, n_users)
         items[lo:hi], scores[lo:hi] = scorer.recommend(np.arange(lo, hi), history[lo:hi])
     seconds = time.perf_counter() - started
+    out = {"users": n_users, "seconds": seconds, "users_per_s": n_users / seconds, "threads": threads,
+           "batch_size": args.batch_size, "short_lists": int((items < 0).any(axis=1).sum())}
+    if rules is not None:  # every list checked: nothing the rules forbid
+        out["rule_violations"] = int(rules.forbids(np.arange(n_users), items).sum())
+        return out
     # spot check against the model's own recommend (exact same items and order)
     sample = np.random.default_rng(0).choice(n_users, 200, replace=False)
     ref_items, _ = model.recommend(sample, history[sample], args.top_n)
-    agree = float((ref_items == items[sample]).mean())
-    return {"users": n_users, "seconds": seconds, "users_per_s": n_users / seconds, "threads": threads,
-            "batch_size": args.batch_size, "agreement_with_model_recommend": agree}
+    return {**out, "agreement_with_model_recommend": float((ref_items == items[sample]).mean())}
 
 
 def task_select(args):

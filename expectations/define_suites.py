@@ -31,7 +31,7 @@ from great_expectations.checkpoint import UpdateDataDocsAction  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent
 sys.path.insert(0, str(PROJECT.parent))  # run as a script from a checkout: nightly_topn beside it
-from nightly_topn.schemas import MAX_ID_LENGTH  # noqa: E402
+from nightly_topn.schemas import MAX_ID_LENGTH, RULE_KINDS  # noqa: E402
 
 EVENT_TYPES = ["view", "click", "play", "rating", "purchase"]
 
@@ -100,6 +100,42 @@ def raw_events() -> list:
     return exps
 
 
+def raw_rules() -> list:
+    """The candidate rules of the day (``schemas.RULES``) and, as ``rule == "window"`` rows, the
+    items table's availability windows (``validate_raw`` builds this frame). Every check is hard:
+    a rule dropped or misread would show someone an item they must not see."""
+    def when(kind: str) -> dict:
+        return {"row_condition": f'rule == "{kind}"', "condition_parser": "pandas"}
+
+    def unless(kind: str) -> dict:
+        return {"row_condition": f'rule != "{kind}"', "condition_parser": "pandas"}
+
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="rule", meta=hard("a rule without its kind")),
+        gxe.ExpectColumnValuesToBeInSet(column="rule", value_set=[*RULE_KINDS, "window"],
+                                        meta=hard(f"unknown rule kind (expected one of {', '.join(RULE_KINDS)})")),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta=hard("a rule without an item")),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="item_id", min_value=1, max_value=MAX_ID_LENGTH,
+                                                meta=hard("an empty or over-long item id in a rule")),
+        gxe.ExpectColumnValuesToNotBeNull(column="user_id", **when("block"), meta=hard("a block rule without a user")),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="user_id", min_value=1, max_value=MAX_ID_LENGTH, **when("block"),
+                                                meta=hard("an empty or over-long user id in a block rule")),
+        gxe.ExpectColumnValuesToBeNull(column="user_id", **unless("block"),
+                                       meta=hard("a user id on a rule that is not a block (did you mean block?)")),
+        gxe.ExpectColumnValuesToNotBeNull(column="segment", **when("allow"),
+                                          meta=hard("an allow rule without a segment")),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="segment", min_value=1, max_value=MAX_ID_LENGTH, **when("allow"),
+                                                meta=hard("an empty or over-long segment in an allow rule")),
+        gxe.ExpectColumnValuesToBeNull(column="segment", **unless("allow"),
+                                       meta=hard("a segment on a rule that is not an allow rule")),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="available_until", column_B="available_from", ignore_row_if="either_value_is_missing",
+            meta=hard("an item whose available_until is not after its available_from")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["rule", "item_id", "user_id", "segment"],
+                                            ignore_row_if="never", meta=soft("a rule given more than once")),
+    ]
+
+
 def raw_activity() -> list:
     """The raw day summarised in one row (``top_user_share``: the most active user's share of the
     day's clean events), computed by ``validate_raw``; ``max_user_share`` is None on days too small
@@ -155,7 +191,7 @@ def topn() -> list:
                                             meta=hard("a user has more than one row")),
         gxe.ExpectColumnPairValuesToBeEqual(
             column_A="n_items", column_B="expected_n",
-            meta=hard("exactly N items per user, fewer only when the catalog minus the user's history has fewer")),
+            meta=hard("exactly N items per user, fewer only when the rules and the user's history leave fewer")),
         gxe.ExpectColumnPairValuesToBeEqual(column_A="n_items", column_B="n_scores",
                                             meta=hard("one score per item")),
         gxe.ExpectCompoundColumnsToBeUnique(column_list=["user_id", "item_id"],
@@ -163,6 +199,9 @@ def topn() -> list:
         gxe.ExpectColumnValuesToBeBetween(column="score_drop", min_value=0.0,
                                           meta=hard("scores must be non-increasing down the list")),
         gxe.ExpectColumnValuesToBeNull(column="seen_pair", meta=hard("an item from the user's history")),
+        gxe.ExpectColumnValuesToBeNull(
+            column="excluded_pair",
+            meta=hard("an item a candidate rule forbids the user (exclude, block, allow-list, availability window)")),
         gxe.ExpectColumnValuesToNotBeNull(column="item_index", row_condition="n_items > 0", condition_parser="pandas",
                                           meta=hard("an item that is not in the catalog (not in item_map)")),
         gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_id", min_value=P("coverage_hard_min"),
@@ -181,6 +220,7 @@ def topn() -> list:
 
 GATES = {
     "raw_events": (raw_events, {"result_format": "COMPLETE", "partial_unexpected_count": 20}),
+    "raw_rules": (raw_rules, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "raw_activity": (raw_activity, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "features": (features, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "topn": (topn, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),

@@ -32,7 +32,7 @@ from nightly_topn.features import Features
 from nightly_topn.jobs.rolling_eval import ROLLING_FILE, served
 from nightly_topn.errors import QualityGateFailed
 from nightly_topn.models import MODELS, load_model
-from nightly_topn.storage import Storage, as_date, write_json
+from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,8 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                   "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
                   "served": latest_served(store, date), "cold_start": cold,
+                  # the candidate rules the published lists are shaped by (not applied to these metrics)
+                  "rules": read_json(store.partition("features", date) / MANIFEST).get("stats", {}).get("rules"),
                   "code_version": registry.code_version()}
     reports = store.partition("reports", date)
     write_json(reports / registry.EVALUATION_FILE, evaluation)

@@ -41,7 +41,9 @@ def _land(store: Storage, src, day: dt.date) -> None:
     tables = {"events": events}
     with store.staged(store.partition("raw", day)) as stage:
         write_table(events, stage / "events.parquet")
-        for name, table in (("users", src.users(day)), ("items", src.items(day))):
+        rules = getattr(src, "rules", None)  # optional in the Source protocol
+        for name, table in (("users", src.users(day)), ("items", src.items(day)),
+                            ("rules", rules(day) if rules else None)):
             if table is not None:
                 write_table(table, stage / f"{name}.parquet")
                 tables[name] = table

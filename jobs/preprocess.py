@@ -9,7 +9,9 @@ own ``weight``: a play count, a quantity, the stars of a rating; optionally deca
 pairs first seen at or after the ``holdout_quantile`` of event times, whose user and item also
 occur before it. When the run date landed item attributes (``raw/dt=D/items.parquet``) and
 ``new_item_days`` > 0, also the new items outside the catalogue with their warm attribute
-neighbours (``new_items.parquet``, ``nightly_topn.cold_start``).
+neighbours (``new_items.parquet``, ``nightly_topn.cold_start``). The run date's candidate rules
+(landed ``rules.parquet``, the items' availability windows, the users' segments) are resolved into
+the partition's index space (``rules.parquet``, ``nightly_topn.rules``) for the top-N kernel.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from nightly_topn import schemas
+from nightly_topn import rules, schemas
 from nightly_topn.config import RunParams, event_weights
 from nightly_topn.errors import BadInput, MissingPartition
 from nightly_topn.storage import Storage, as_date, read_json, read_table, write_table
@@ -164,15 +166,23 @@ def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
     date = as_date(date)
     store = Storage.at(root)
     events, inputs = load_window(store, date, params.train_window_days)
-    attributes_path = store.partition("raw", date) / "items.parquet"
-    attributes = read_table(attributes_path) if params.new_item_days > 0 and attributes_path.is_file() else None
-    prepared = prepare(events, date, params, attributes)
+    raw = store.partition("raw", date)
+    landed = {name: read_table(raw / f"{name}.parquet") if (raw / f"{name}.parquet").is_file() else None
+              for name in ("items", "users", "rules")}
+    prepared = prepare(events, date, params, landed["items"] if params.new_item_days > 0 else None)
     schemas_by_name = {"interactions": schemas.INTERACTIONS, "user_map": schemas.USER_MAP, "item_map": schemas.ITEM_MAP}
     tables = {name: pa.Table.from_pandas(prepared[name], schema=schema, preserve_index=False)
               for name, schema in schemas_by_name.items()}
+    catalogue = prepared["item_map"]["item_id"].to_numpy()
     if "new_items" in prepared:
         tables["new_items"] = prepared["new_items"]
-        inputs = [*inputs, str(attributes_path)]
+        catalogue = np.concatenate([catalogue, prepared["new_items"].column("item_id").to_numpy(zero_copy_only=False)])
+        inputs = [*inputs, str(raw / "items.parquet")]
+    resolved = rules.resolve(landed["rules"], landed["items"], landed["users"], prepared["user_map"]["user_id"].to_numpy(),
+                             catalogue, date)
+    if resolved is not None:  # the run date's rules in index space, applied by the top-N kernel
+        tables["rules"], prepared["stats"]["rules"] = resolved
+        inputs = [*inputs, *(str(raw / f"{name}.parquet") for name in ("rules", "users") if landed[name] is not None)]
     with store.staged(store.partition("features", date)) as stage:
         for name, table in tables.items():
             # interactions: sorted by user in row groups of INTERACTIONS_ROW_GROUP rows, so the

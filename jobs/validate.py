@@ -135,6 +135,47 @@ def _headline(failures: list[dict]) -> str:
     return text + (f", and {len(failures) - 1} more hard failure(s)" if len(failures) > 1 else "")
 
 
+RULE_COLUMNS = ["rule", "item_id", "user_id", "segment", "available_from", "available_until"]
+
+
+def rules_frame(partition: Path) -> pd.DataFrame | None:
+    """What the ``raw_rules`` suite checks: the landed rules (``rules.parquet``) and, as ``rule ==
+    "window"`` rows, the items whose availability window is bounded (``items.parquet``); None when
+    the day landed neither."""
+    frames = []
+    if (partition / "rules.parquet").is_file():
+        frames.append(read_table(partition / "rules.parquet").to_pandas())
+    if (partition / "items.parquet").is_file():
+        items = read_table(partition / "items.parquet")
+        if "available_from" in items.column_names:  # landed under the version-1 contract: no windows
+            items = items.select(["item_id", "available_from", "available_until"]).to_pandas()
+            bounded = items["available_from"].notna() | items["available_until"].notna()
+            frames.append(items[bounded].assign(rule="window"))
+    if not frames:
+        return None
+    frame = pd.concat(frames, ignore_index=True)
+    for column in RULE_COLUMNS:
+        if column not in frame.columns:
+            frame[column] = pd.Series([None] * len(frame), dtype="datetime64[us, UTC]" if "available" in column
+                                      else "object")
+    return frame[RULE_COLUMNS]
+
+
+def _validate_rules(store: Storage, date: dt.date, partition: Path, reports: Path):
+    """The ``raw_rules`` gate; a failure moves the day aside like a failed events gate (the rules
+    came with it), so the next run re-lands both."""
+    frame = rules_frame(partition)
+    if frame is None:
+        return None
+    gate = run_gate("raw_rules", frame, reports, {})
+    if not gate.success:
+        _, note = _move_aside(store, date)
+        windows = int((frame["rule"] == "window").sum())
+        raise GateFailed(f"candidate rules of {partition} ({len(frame) - windows} rule(s), {windows} availability "
+                         f"window(s)) failed validation: {_headline(gate.failures)}; {note}\n{gate.summary()}")
+    return gate
+
+
 def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
     """The raw gate of ``date``: quarantine row-level failures, fail on a hard one (or too many
     rejected rows), warn on soft ones; a failed day's raw partition is moved aside (``reject_raw``)."""
@@ -147,8 +188,9 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
         hint = f" (its last rejected copy is {rejected[-1]})" if rejected else ""
         raise MissingPartition(f"raw partition for {date} is missing ({path}); run ingest first{hint}")
     settings = gate_settings("raw_events", settings)
-    frame = read_table(path).to_pandas()
     reports = store.partition("reports", date)
+    rules = _validate_rules(store, date, partition, reports)
+    frame = read_table(path).to_pandas()
     parameters = raw_parameters(store, date, settings)
     what = f"raw events {path} ({len(frame)} rows)"
     shutil.rmtree(store.partition("clean", date), ignore_errors=True)  # never leave a stale accepted set
@@ -190,12 +232,14 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
         store.write_manifest(stage, producer="validate_raw", date=date, inputs=[path], tables={"events": table},
                              extra={"raw_fingerprint": raw_fingerprint(path), "rejected_rows": len(reasons),
                                     "gate_result": gate.result_path, "activity_result": activity.result_path})
-    warnings = [w["label"] for w in gate.warnings + activity.warnings + activity.failures]
+    warnings = [w["label"] for w in gate.warnings + activity.warnings + activity.failures
+                + (rules.warnings if rules else [])]
     return {"date": date.isoformat(), "outcome": "warned" if outcome == "passed" and warnings else outcome,
             "rows": len(frame), "rejected": len(reasons), "clean_rows": table.num_rows,
             "warnings": warnings, "result": gate.result_path, "data_docs": gate.docs_path,
             "activity_result": activity.result_path, "quarantine": str(quarantine),
-            "seconds": round(gate.seconds + activity.seconds, 3)}
+            "rules_result": rules.result_path if rules else None,
+            "seconds": round(gate.seconds + activity.seconds + (rules.seconds if rules else 0.0), 3)}
 
 
 def _check_activity(date: dt.date, clean: pd.DataFrame, reports: Path, settings: dict):
@@ -267,13 +311,62 @@ def validate_features(date, *, root=None, params: RunParams = RunParams(), setti
             "data_docs": gate.docs_path, "seconds": gate.seconds}
 
 
-def topn_frame(version: Path, features_dir: Path, top_n: int) -> pd.DataFrame:
+class LandedRules:
+    """The candidate rules of a run date read by id from its raw partition (the landed rules, the
+    items' availability windows, the users' segments), independently of preprocess's index
+    space, so the top-N gate checks the lists against what was landed. ``raw=None``: no rules."""
+
+    def __init__(self, raw: Path | None = None, date: dt.date | None = None):
+        from nightly_topn.rules import unavailable
+
+        def landed(name):
+            path = raw / f"{name}.parquet" if raw is not None else None
+            return read_table(path) if path is not None and path.is_file() else None
+
+        table = landed("rules")
+        frame = table.to_pandas() if table is not None else pd.DataFrame(columns=schemas.RULES.names)
+        self.gone = set(frame.loc[frame["rule"] == "exclude", "item_id"]) | set(unavailable(landed("items"), date))
+        self.blocks = frame.loc[frame["rule"] == "block", ["user_id", "item_id"]].drop_duplicates()
+        allow = frame[frame["rule"] == "allow"]
+        self.allowed = pd.MultiIndex.from_frame(allow[["segment", "item_id"]].astype("object"))
+        users = landed("users")
+        self.segment = pd.Series(dtype="object")  # user id -> the allow-listed segment the user is in
+        if len(allow) and users is not None and "segment" in users.column_names:
+            members = users.select(["user_id", "segment"]).to_pandas().drop_duplicates("user_id")
+            members = members[members["segment"].isin(set(allow["segment"]))]
+            self.segment = members.set_index("user_id")["segment"]
+
+    def outside(self, pairs: pd.DataFrame) -> np.ndarray:
+        """Per (``user_id``, ``item_id``) row: excluded for everyone or outside the user's allow-list."""
+        gone = pairs["item_id"].isin(self.gone).to_numpy()
+        if self.segment.empty:
+            return gone
+        segment = pairs["user_id"].map(self.segment)
+        pair = pd.MultiIndex.from_arrays([segment.astype("object"), pairs["item_id"].astype("object")])
+        return gone | (segment.notna().to_numpy() & ~pair.isin(self.allowed))
+
+    def blocked(self, pairs: pd.DataFrame) -> np.ndarray:
+        marked = pairs[["user_id", "item_id"]].merge(self.blocks.assign(_blocked=True), how="left",
+                                                     on=["user_id", "item_id"])
+        return marked["_blocked"].notna().to_numpy()
+
+    def may_see(self, users: pd.Series, catalogue: pd.Series) -> pd.Series:
+        """Per user id: how many catalogue items the rules leave (blocks aside)."""
+        open_items = ~catalogue.isin(self.gone)
+        counts = {name: int((open_items.to_numpy() & pd.MultiIndex.from_arrays(
+                      [np.full(len(catalogue), name, dtype=object), catalogue.astype("object")]).isin(self.allowed)).sum())
+                  for name in set(self.segment)}
+        return users.map(self.segment).map(counts).fillna(int(open_items.sum())).astype("int64")
+
+
+def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules | None = None) -> pd.DataFrame:
     """One row per (user, rank) of a top-N version, with what the suite checks against.
 
     Columns: the list's ``user_id``/``item_id``/``score`` at ``rank``; ``n_items``/``n_scores`` (list
-    lengths); ``expected_n`` = min(N, catalog size - items in the user's history); ``score_drop``
-    (previous score - this score); ``seen_pair`` ("user/item" when the item is in the user's
-    history, else null); ``user_index``/``item_index`` (null when not in the maps); ``source``,
+    lengths); ``expected_n`` = min(N, the items the user may be shown - those in the history);
+    ``score_drop`` (previous score - this score); ``seen_pair`` ("user/item" when the item is in
+    the user's history, else null); ``excluded_pair`` (the same, for an item a candidate rule
+    forbids the user); ``user_index``/``item_index`` (null when not in the maps); ``source``,
     ``model_version``, ``logical_date``. A user with an empty list keeps one row (null item).
     """
     parts = sorted(version.glob("part-*.parquet"))
@@ -307,12 +400,21 @@ def topn_frame(version: Path, features_dir: Path, top_n: int) -> pd.DataFrame:
     long["score_drop"] = previous - long["score"]
     seen = history.assign(seen_pair=history["user_id"] + "/" + history["item_id"])
     long = long.merge(seen, on=["user_id", "item_id"], how="left")
-    n_seen = history.groupby("user_id").size().rename("n_seen")
-    long = long.merge(n_seen, left_on="user_id", right_index=True, how="left")
-    long["expected_n"] = np.minimum(top_n, len(items) - long["n_seen"].fillna(0).astype("int64"))
+    # what each user may be shown: the catalogue minus what the rules forbid, minus the history and
+    # the user's blocks among what is left
+    rules = rules or LandedRules()
+    blocks = rules.blocks[rules.blocks["user_id"].isin(set(users["user_id"]))
+                          & rules.blocks["item_id"].isin(set(items["item_id"]))]
+    removed = pd.concat([history, blocks], ignore_index=True).drop_duplicates()
+    removed = removed[~rules.outside(removed)].groupby("user_id").size().rename("n_removed")
+    long = long.merge(removed, left_on="user_id", right_index=True, how="left")
+    may_see = rules.may_see(long["user_id"], items["item_id"])
+    long["expected_n"] = np.minimum(top_n, may_see - long["n_removed"].fillna(0).astype("int64"))
+    forbidden = long["item_id"].notna().to_numpy() & (rules.outside(long) | rules.blocked(long))
+    long["excluded_pair"] = np.where(forbidden, long["user_id"] + "/" + long["item_id"].fillna(""), None)
     long = long.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
     long["logical_date"] = long["logical_date"].astype("string").astype("str")
-    return long.drop(columns=["n_seen"])
+    return long.drop(columns=["n_removed"])
 
 
 def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None,
@@ -329,7 +431,7 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
     features_dir = store.partition("features", date)
     info = registry.model_info(store, date) or {}
     top_n = int(manifest.get("top_n") or params.top_n)
-    frame = topn_frame(version, features_dir, top_n)
+    frame = topn_frame(version, features_dir, top_n, LandedRules(store.partition("raw", date), date))
     n_users = pq.read_metadata(features_dir / "user_map.parquet").num_rows
     n_items = pq.read_metadata(features_dir / "item_map.parquet").num_rows
     parameters = {

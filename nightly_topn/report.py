@@ -215,7 +215,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "tuning": _tuning(registry_record), "trend": _trend(store, as_date(evaluation["date"])), "profile": profile,
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
-        "served": _served(evaluation), "cold_start": _cold_start(evaluation),
+        "served": _served(evaluation), "cold_start": _cold_start(evaluation), "rules": evaluation.get("rules"),
     }
     return _env().get_template("report.html.j2").render(context)
 

@@ -43,19 +43,44 @@ USERS = pa.schema(
         pa.field("gender", pa.string()),
         pa.field("occupation", pa.string()),
         pa.field("signup_time", pa.timestamp("us", tz="UTC")),
+        pa.field("segment", pa.string()),  # e.g. a region: whose allow-list (``RULES``) applies
     ],
-    metadata={"contract": "user-attributes", "version": "1"},
+    metadata={"contract": "user-attributes", "version": "2"},
 )
 
-#: Optional item attributes; ``categories`` drives diversity metrics and cold-start models.
+#: Optional item attributes; ``categories`` drives diversity metrics and cold-start models. An item
+#: is listed only inside its availability window ``[available_from, available_until)`` (either end
+#: may be null: open), judged at the end of the run date, when its lists go on the air.
 ITEMS = pa.schema(
     [
         pa.field("item_id", pa.string(), nullable=False),
         pa.field("title", pa.string()),
         pa.field("categories", pa.list_(pa.string())),
         pa.field("release_time", pa.timestamp("us", tz="UTC")),
+        pa.field("available_from", pa.timestamp("us", tz="UTC")),
+        pa.field("available_until", pa.timestamp("us", tz="UTC")),
     ],
-    metadata={"contract": "item-attributes", "version": "1"},
+    metadata={"contract": "item-attributes", "version": "2"},
+)
+
+#: Candidate rules (optional ``rules.*`` beside the attribute files), applied while scoring:
+#:
+#: * ``exclude`` ``item_id``: no user is shown the item (withdrawn, out of stock);
+#: * ``block`` ``user_id`` + ``item_id``: that user is not shown the item;
+#: * ``allow`` ``segment`` + ``item_id``: users of the segment (``USERS.segment``) are shown only
+#:   items of their segment's allow-list (a segment without ``allow`` rows is not restricted).
+#:
+#: Rules naming ids outside the catalogue are kept (counted) and do nothing.
+RULE_KINDS = ("exclude", "block", "allow")
+RULES = pa.schema(
+    [
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string()),
+        pa.field("segment", pa.string()),
+        pa.field("reason", pa.string()),
+    ],
+    metadata={"contract": "candidate-rules", "version": "1"},
 )
 
 #: Prepared training data: one row per (user, item) pair inside the training window.
@@ -94,6 +119,22 @@ NEW_ITEMS = pa.schema(
         pa.field("seen_users", pa.list_(pa.int32()), nullable=False),
     ],
     metadata={"contract": "new-items", "version": "1"},
+)
+
+#: The rules of a features partition (``rules.parquet``) in its index space, as preprocess resolved
+#: them for the run date: ``exclude`` (``item_index``; the ``exclude`` rules and the items outside
+#: their availability window), ``block`` (``user_index`` + ``item_index``), ``allow``
+#: (``segment`` + ``item_index``) and ``member`` (``user_index`` + ``segment``: the user's segment,
+#: written only for segments that have an allow-list). Item indices ``len(item_map) + j`` are new
+#: item ``j`` (``NEW_ITEMS``).
+SCORING_RULES = pa.schema(
+    [
+        pa.field("rule", pa.string(), nullable=False),
+        pa.field("user_index", pa.int32()),
+        pa.field("item_index", pa.int32()),
+        pa.field("segment", pa.string()),
+    ],
+    metadata={"contract": "scoring-rules", "version": "1"},
 )
 
 #: Published top-N: one row per user, items ranked best first.

@@ -18,6 +18,9 @@ With new (cold) items (``nightly_topn.cold_start``), ``TopNScorer`` takes their 
 weights ``W`` (``n_warm × n_cold``): a new item's score is ``warm_scores @ W``, taken from the
 unmasked warm scores; the cold block is masked by the history's columns ``n_warm + j`` and its
 top-N merged with the warm top-N, so lists rank warm and cold items in one index space.
+
+With candidate rules (``nightly_topn.rules.CandidateRules``), what they forbid is masked in the
+same buffers after the history, before the cut, so the lists stay full.
 """
 from __future__ import annotations
 
@@ -184,10 +187,11 @@ class TopNScorer:
     """
 
     def __init__(self, model, n: int, *, batch_size: int = DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
-                 verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None):
+                 verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None, rules=None):
         import torch
 
         self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
+        self.rules = rules  # CandidateRules over warm + new items, or None
         self._cold = None
         self.n_warm = getattr(model, "n_items", 0)
         if cold_weights is not None and cold_weights.shape[1]:
@@ -262,15 +266,18 @@ class TopNScorer:
     def _generic(self, users, history):
         """Any model: its own ``recommend``; with new items, ``model.score`` unmasked, the cold block
         from it, then mask and merge as in the fused path."""
-        if self._cold is None:
+        if self._cold is None and self.rules is None:
             return self.model.recommend(users, history, self.n)
         from nightly_topn.models.base import align_history
 
         warm = align_history(history, self.n_warm)
-        scores = np.asarray(self.model.score(users, warm), dtype=np.float32)
-        cold = self._cold_scores(scores)
+        scores = np.ascontiguousarray(self.model.score(users, warm), dtype=np.float32)
+        cold = self._cold_scores(scores) if self._cold is not None else None
         mask_seen(scores, warm)
-        return self._merge(top_n(scores, self.n, self.block), cold, history)
+        if self.rules is not None:
+            self.rules.mask(scores, users)
+        top = top_n(scores, self.n, self.block)
+        return top if cold is None else self._merge(top, cold, history, users)
 
     def _cold_scores(self, warm_scores: np.ndarray) -> np.ndarray:
         """``warm_scores @ W`` (``batch × n_cold``) from the unmasked scores: gather the used warm
@@ -278,11 +285,14 @@ class TopNScorer:
         used = warm_scores.T[self._cold_cols]
         return np.ascontiguousarray((self._cold @ used).T, dtype=np.float32)
 
-    def _merge(self, warm_top, cold: np.ndarray, history: sp.csr_matrix):
-        """Top-N of warm ∪ cold from the warm top-N and the cold scores (cold seen items masked):
-        exact, since the best N of a union are among each part's best N. Ties: warm first (lower index)."""
+    def _merge(self, warm_top, cold: np.ndarray, history: sp.csr_matrix, users: np.ndarray):
+        """Top-N of warm ∪ cold from the warm top-N and the cold scores (cold seen items and what
+        the rules forbid masked): exact, since the best N of a union are among each part's best N.
+        Ties: warm first (lower index)."""
         if history.shape[1] > self.n_warm:
             mask_seen(cold, history[:, self.n_warm:])
+        if self.rules is not None:
+            self.rules.mask(cold, users, self.n_warm)
         cold_idx, cold_vals = top_n(cold, self.n, self.block)
         idx = np.hstack([warm_top[0], np.where(cold_idx >= 0, cold_idx + self.n_warm, -1).astype(np.int32)])
         vals = np.hstack([warm_top[1], cold_vals])
@@ -308,8 +318,10 @@ class TopNScorer:
                     if history.shape[1] > self.n_items:  # history may know items the model does not
                         flat = flat[history.indices < self.n_items]
                     out.numpy().reshape(-1)[flat] = -np.inf  # a view: masks the buffer in place
+                if self.rules is not None:
+                    self.rules.mask(out.numpy(), users)
             top = top_n(out.numpy(), self.n, self.block)
-            return top if cold is None else self._merge(top, cold, history)
+            return top if cold is None else self._merge(top, cold, history, users)
         finally:
             self._buffers.put(buffer)
 

@@ -17,6 +17,8 @@ independent of the total number of users and interactions (beyond the model's fa
 New items (``features/dt=D/new_items.parquet``, when preprocess wrote one) are scored from their
 warm neighbours (``cold_start``): index ``n_warm + j`` in the lists, mapped to their ids by the
 writer; their weights and who has seen them are ``n_cold × m`` and ``n_cold × few`` sparse.
+Candidate rules (``features/dt=D/rules.parquet``, ``nightly_topn.rules``) are masked in the same
+buffers before the cut, so lists stay full.
 
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
@@ -81,23 +83,26 @@ class ScoreUserRange(beam.DoFn):
         from nightly_topn import scoring
         from nightly_topn.features import History, read_new_items
         from nightly_topn.models import load_model
+        from nightly_topn.rules import CandidateRules
 
         self.threads = scoring.configure_threads(self.threads or None)
         self.history = History(self.features_dir)
         self.new_items = read_new_items(self.features_dir)
         cold = None if self.new_items is None else self.new_items.weights
+        n_users, n_warm = self.history.shape
+        rules = CandidateRules.read(self.features_dir, n_users, n_warm + (0 if cold is None else cold.shape[1]))
         self.model = load_model(local_copy(self.model_dir))
         self.fallback = load_model(local_copy(self.fallback_dir))
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
         self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads,
-                                         cold_weights=cold)
+                                         cold_weights=cold, rules=rules)
         if self.scorer.fused and self.threads > 1:
             import torch
 
             torch.set_num_threads(1)
         self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size,
-                                                  cold_weights=cold)
+                                                  cold_weights=cold, rules=rules)
 
     def process(self, user_range):
         import numpy as np

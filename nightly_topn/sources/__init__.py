@@ -1,8 +1,9 @@
 """Where interaction logs come from: the embedded generator, MovieLens files, a landing folder.
 
-Every source answers the same three questions for the ingest job: which day does its data
-start, what are the events of day D (as the ``schemas.EVENTS`` contract), and what user/item
-attributes does it know. ``open_source(spec)`` turns a spec string into a source.
+Every source answers the same questions for the ingest job: which day does its data
+start, what are the events of day D (as the ``schemas.EVENTS`` contract), what user/item
+attributes does it know, and which candidate rules are in force (``rules``, optional).
+``open_source(spec)`` turns a spec string into a source.
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ class Source(Protocol):
 
     def items(self, date: dt.date) -> pa.Table | None:
         """Item attributes known on ``date``, or None."""
+
+    def rules(self, date: dt.date) -> pa.Table | None:
+        """Candidate rules (``schemas.RULES``) in force on ``date``, or None."""
 
 
 def open_source(spec: str) -> Source:

@@ -39,8 +39,14 @@ class GeneratedSource:
         items_per_day: int = 4,
         active_share: float = 0.12,
         events_per_active_user: float = 6.0,
+        exclude_share: float = 0.0,
+        blocks_per_user: int = 0,
+        segment_share: float = 0.0,
     ):
         self.seed = seed
+        # Candidate rules (``rules``), all off by default: the share of the catalogue excluded, items
+        # each user blocks, and the share of the catalogue outside segment "r1"'s allow-list.
+        self.exclude_share, self.blocks_per_user, self.segment_share = exclude_share, int(blocks_per_user), segment_share
         self.base_users, self.users_per_day = base_users, users_per_day
         self.base_items, self.items_per_day = base_items, items_per_day
         self.active_share = active_share
@@ -131,6 +137,8 @@ class GeneratedSource:
                     [dt.datetime.combine(EPOCH + dt.timedelta(days=int(d)), dt.time(), dt.timezone.utc) for d in signup_day],
                     pa.timestamp("us", tz="UTC"),
                 ),
+                "segment": pa.array(self._segments(n) if self.segment_share else pa.nulls(n, pa.string()),
+                                    pa.string()),
             },
             schema=schemas.USERS,
         )
@@ -147,9 +155,42 @@ class GeneratedSource:
                     [dt.datetime.combine(EPOCH + dt.timedelta(days=int(max(d, 0))), dt.time(), dt.timezone.utc) for d in rows["arrival_day"]],
                     pa.timestamp("us", tz="UTC"),
                 ),
+                "available_from": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+                "available_until": pa.nulls(n, pa.timestamp("us", tz="UTC")),
             },
             schema=schemas.ITEMS,
         )
+
+    def _segments(self, n: int) -> np.ndarray:
+        """Users alternate between regions "r0" (no allow-list) and "r1" (allow-list)."""
+        return np.where(np.arange(n) % 2, "r1", "r0")
+
+    def rules(self, date: dt.date) -> pa.Table | None:
+        """``schemas.RULES`` known on ``date`` (None when every rule knob is off): deterministic
+        draws over the catalogue and the users of that day."""
+        if not (self.exclude_share or self.blocks_per_user or self.segment_share):
+            return None
+        rng = np.random.default_rng([self.seed, 5, (date - EPOCH).days + 100_000])
+        ni, nu = self.n_items(date), self.n_users(date)
+        rule, item, user, segment = [], [], [], []
+
+        def add(kind, items, users=None, seg=None):
+            rule.extend([kind] * len(items))
+            item.extend(_ids("i", items, 5))
+            user.extend(_ids("u", users, 6) if users is not None else [None] * len(items))
+            segment.extend([seg] * len(items))
+
+        if self.exclude_share:
+            add("exclude", np.sort(rng.choice(ni, int(round(self.exclude_share * ni)), replace=False)))
+        if self.blocks_per_user:
+            users = np.repeat(np.arange(nu), self.blocks_per_user)
+            add("block", rng.integers(0, ni, len(users)), users)
+        if self.segment_share:
+            outside = rng.random(ni) < self.segment_share
+            add("allow", np.flatnonzero(~outside), seg="r1")
+        return pa.table({"rule": rule, "item_id": item, "user_id": pa.array(user, pa.string()),
+                         "segment": pa.array(segment, pa.string()),
+                         "reason": pa.nulls(len(rule), pa.string())}, schema=schemas.RULES)
 
 
 @lru_cache(maxsize=4096)

@@ -6,7 +6,8 @@ Two layouts are understood:
   daily-drop layout); a missing day folder is a clear error, because "no file arrived" must not
   look like "no events". Every other file in a day folder is refused by name (nothing is
   silently skipped), except hidden ones whose name starts with ``.`` or ``_`` (``_SUCCESS``
-  markers, editor files). ``users.*`` / ``items.*`` attribute files belong in ``PATH`` itself.
+  markers, editor files). ``users.*`` / ``items.*`` attribute files and the candidate rules ``rules.*``
+  (``schemas.RULES``) belong in ``PATH`` itself.
 * ``PATH/*.csv|*.csv.gz|*.csv.bz2|*.parquet`` — one flat history, replayed by ``event_time``
   (other files in ``PATH`` are not read).
 
@@ -42,7 +43,7 @@ from nightly_topn import schemas
 from nightly_topn.errors import BadInput, MissingPartition
 from nightly_topn.sources.replay import ReplaySource
 
-_ATTRIBUTE_FILES = {"users": schemas.USERS, "items": schemas.ITEMS}
+_ATTRIBUTE_FILES = {"users": schemas.USERS, "items": schemas.ITEMS, "rules": schemas.RULES}
 #: File name endings read as CSV (pyarrow decompresses ``.gz`` / ``.bz2`` by extension).
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2")
 PARQUET_SUFFIXES = (".parquet",)
@@ -277,7 +278,11 @@ class LandingSource:
             if path.is_file() or path.is_symlink():
                 self._inside(path)
                 table = _read(path, pq.read_table if suffix in PARQUET_SUFFIXES else pacsv.read_csv)
-                return schemas.conform(table, _ATTRIBUTE_FILES[name], source=str(path))
+                if name == "rules" and suffix in CSV_SUFFIXES:  # CSV has no null: an empty field is one
+                    table = pa.table({c: pc.if_else(pc.equal(table[c], ""), pa.scalar(None, table[c].type), table[c])
+                                      if pa.types.is_string(table[c].type) else table[c] for c in table.column_names})
+                # rules keep their nulls for the raw gate to judge (a rule without its user or segment)
+                return schemas.conform(table, _ATTRIBUTE_FILES[name], source=str(path), check_nulls=name != "rules")
         return None
 
     def users(self, date: dt.date) -> pa.Table | None:
@@ -285,3 +290,6 @@ class LandingSource:
 
     def items(self, date: dt.date) -> pa.Table | None:
         return self._attributes("items")
+
+    def rules(self, date: dt.date) -> pa.Table | None:
+        return self._attributes("rules")

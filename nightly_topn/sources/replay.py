@@ -16,7 +16,8 @@ _DAY_US = 86_400_000_000
 class ReplaySource:
     """Serves ``events_for(D)`` as the rows of a full events table whose time falls on day D."""
 
-    def __init__(self, events: pa.Table, users: pa.Table | None = None, items: pa.Table | None = None, *, name="replay"):
+    def __init__(self, events: pa.Table, users: pa.Table | None = None, items: pa.Table | None = None, *, name="replay",
+                 rules: pa.Table | None = None):
         self.name = name
         events = schemas.conform(events, schemas.EVENTS, source=name, check_nulls=False)
         missing = events.column("event_time").null_count
@@ -29,6 +30,7 @@ class ReplaySource:
         self._days = micros[order] // _DAY_US
         self._users = users
         self._items = items
+        self._rules = rules
 
     def first_date(self) -> dt.date | None:
         if not len(self._days):
@@ -50,3 +52,6 @@ class ReplaySource:
 
     def items(self, date: dt.date) -> pa.Table | None:
         return self._items
+
+    def rules(self, date: dt.date) -> pa.Table | None:
+        return self._rules
