@@ -104,9 +104,17 @@ def task_kernel(args):
     threads = scoring.configure_threads(args.threads or None)
     history, model = _load(args.root)
     n_users = min(history.shape[0], args.limit or history.shape[0])
-    rules = CandidateRules.read(f"{args.root}/features/dt={DATE}", *history.shape)  # benchmarks/rules_cost.py
+    features = f"{args.root}/features/dt={DATE}"
+    rules = CandidateRules.read(features, *history.shape)  # benchmarks/list_shaping.py writes them
+    diversity = None
+    if args.diversity_strength:
+        from nightly_topn.diversity import CategorySimilarity
+        from nightly_topn.features import read_item_categories
+
+        diversity = (CategorySimilarity(read_item_categories(features), history.shape[1]), args.diversity_strength)
     # the pipeline's setting: ``threads`` batches in flight, one torch thread each
-    scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads, rules=rules)
+    scorer = scoring.TopNScorer(model, args.top_n, batch_size=args.batch_size, parallel=threads, rules=rules,
+                                diversity=diversity)
     if scorer.fused and threads > 1:
         import torch
 
@@ -123,6 +131,14 @@ def task_kernel(args):
            "batch_size": args.batch_size, "short_lists": int((items < 0).any(axis=1).sum())}
     if rules is not None:  # every list checked: nothing the rules forbid
         out["rule_violations"] = int(rules.forbids(np.arange(n_users), items).sum())
+    from nightly_topn.features import read_item_categories
+
+    categories = read_item_categories(features)
+    if categories is not None:
+        from nightly_topn.evaluation import intra_list_diversity
+
+        out["intra_list_diversity"] = intra_list_diversity(items, categories)
+    if rules is not None or diversity is not None:
         return out
     # spot check against the model's own recommend (exact same items and order)
     sample = np.random.default_rng(0).choice(n_users, 200, replace=False)
@@ -176,7 +192,8 @@ def task_pipeline(args):
     from nightly_topn.jobs.topn import topn
 
     beam_args = [f"--batch_size={args.batch_size}", f"--range_size={args.range_size}", *args.beam]
-    result = topn(DATE, root=args.root, params=RunParams(top_n=args.top_n), beam_args=beam_args)
+    result = topn(DATE, root=args.root, params=RunParams(top_n=args.top_n, diversity_strength=args.diversity_strength),
+                  beam_args=beam_args)
     manifest = _json.loads((Path(result["path"]) / "_manifest.json").read_text())
     seconds = manifest["seconds"]
     return {**result, "seconds": seconds, "users_per_s": result["rows"] / seconds, "beam_args": beam_args}
@@ -371,6 +388,7 @@ def main(argv=None):
     parser.add_argument("--limit", type=int, default=0, help="kernel: score only the first LIMIT users")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--beam", action="append", default=[])
+    parser.add_argument("--diversity-strength", type=float, default=0.0, help="kernel/pipeline: MMR strength")
     args = parser.parse_args(argv)
     args.root = str(Path(args.root).resolve())
     if not args.batch_size:

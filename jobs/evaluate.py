@@ -22,13 +22,12 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from nightly_topn import registry, splits
 from nightly_topn.config import RunParams
 from nightly_topn.evaluation import evaluate_model, recommend_all
-from nightly_topn.features import Features
+from nightly_topn.features import Features, read_item_categories
 from nightly_topn.jobs.rolling_eval import ROLLING_FILE, served
 from nightly_topn.errors import QualityGateFailed
 from nightly_topn.models import MODELS, load_model
@@ -40,22 +39,35 @@ log = logging.getLogger(__name__)
 NEW_USER_MAX_HISTORY = 5
 
 
-def item_categories(store: Storage, date, item_ids: np.ndarray) -> sp.csr_matrix | None:
-    """``items × categories`` (binary) from the raw item attributes of ``date``, if any were landed."""
-    path = store.partition("raw", date) / "items.parquet"
-    if not path.is_file():
+#: MMR strengths the report compares (plus the run's own ``diversity_strength``).
+DIVERSITY_SWEEP = (0.0, 0.1, 0.3, 0.5)
+
+
+def diversity_figures(model, train: sp.csr_matrix, holdout: sp.csr_matrix, users: np.ndarray, k: int,
+                      categories: sp.csr_matrix | None, strength: float) -> dict | None:
+    """What MMR re-ranking (``nightly_topn.diversity``) does to the winner's top-K on tonight's
+    holdout users, at the sweep's strengths and the run's: NDCG and recall (what it costs),
+    intra-list diversity and catalogue coverage (what it buys). None without item categories."""
+    if categories is None:
         return None
-    table = pq.read_table(path, columns=["item_id", "categories"])
-    lookup = dict(zip(table.column("item_id").to_pylist(), table.column("categories").to_pylist()))
-    names: dict[str, int] = {}
-    rows, cols = [], []
-    for r, item in enumerate(item_ids):
-        for c in lookup.get(item) or []:
-            rows.append(r)
-            cols.append(names.setdefault(c, len(names)))
-    if not names:
-        return None
-    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(len(item_ids), len(names)))
+    from nightly_topn.diversity import CategorySimilarity, candidates, mmr
+    from nightly_topn.evaluation import ranking_metrics
+
+    pool = np.full((len(users), candidates(k, train.shape[1])), -1, np.int32)
+    scores = np.full(pool.shape, -np.inf, np.float32)
+    for lo in range(0, len(users), 2048):
+        chunk = users[lo:lo + 2048]
+        idx, val = model.recommend(chunk, train[chunk], pool.shape[1])
+        pool[lo:lo + len(chunk), : idx.shape[1]], scores[lo:lo + len(chunk), : idx.shape[1]] = idx, val
+    similarity = CategorySimilarity(categories, train.shape[1])
+    pop = np.asarray((train > 0).sum(axis=0)).ravel()
+    rows = []
+    for lam in sorted({*DIVERSITY_SWEEP, float(strength)}):
+        recs = pool[:, :k] if lam == 0 else mmr(pool, scores, similarity, k, lam)[0]
+        m = ranking_metrics(recs, holdout[users], k, n_items=train.shape[1], item_popularity=pop,
+                            item_categories=categories)
+        rows.append({"strength": lam, **{key: m.get(key) for key in ("ndcg", "recall_capped", "diversity", "coverage")}})
+    return {"k": k, "strength": float(strength), "candidates": int(pool.shape[1]), "rows": rows}
 
 
 def cold_start_figures(model, features, train: sp.csr_matrix, holdout: sp.csr_matrix, users: np.ndarray,
@@ -167,7 +179,8 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
         raise QualityGateFailed(f"{date}: the holdout is empty; cannot evaluate (features {features.directory})")
     history_size = np.diff(train.indptr)
     segments = np.where(history_size < NEW_USER_MAX_HISTORY, "new", "established")
-    categories = item_categories(store, date, features.item_ids)
+    categories = read_item_categories(features.directory)
+    categories = None if categories is None else categories[: len(features.item_ids)]  # warm items only
     k = params.eval_k
     candidates = info.get("candidates") or [info["model"], "popularity"]
     results, recs, winner_model = {}, {}, None
@@ -178,6 +191,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
         results[name] = evaluate_model(model, train, holdout, k, users=users, segments=segments,
                                        item_categories=categories)
     cold = cold_start_figures(winner_model, features, train, holdout, users, k, results, info["model"])
+    diversity = diversity_figures(winner_model, train, holdout, users, k, categories, params.diversity_strength)
     champion = _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params)
     gate = _gate(results, info["model"], champion, params)
     item_pop = np.asarray((train > 0).sum(axis=0)).ravel()  # interactions per item
@@ -190,7 +204,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                                "new_users": int((segments[users] == "new").sum())},
                   "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
-                  "served": latest_served(store, date), "cold_start": cold,
+                  "served": latest_served(store, date), "cold_start": cold, "diversity": diversity,
                   # the candidate rules the published lists are shaped by (not applied to these metrics)
                   "rules": read_json(store.partition("features", date) / MANIFEST).get("stats", {}).get("rules"),
                   "code_version": registry.code_version()}

@@ -21,6 +21,7 @@ import logging
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from nightly_topn import rules, schemas
@@ -157,6 +158,25 @@ def prepare(events: pd.DataFrame, date: dt.date, params: RunParams,
     return prepared
 
 
+def item_categories(items: pa.Table | None, catalogue: np.ndarray) -> pa.Table | None:
+    """``schemas.ITEM_CATEGORIES`` of the catalogue (warm then new items, in index order) from the
+    landed item attributes; None without attributes or categories."""
+    if items is None or "categories" not in items.column_names:
+        return None
+    table = items.select(["item_id", "categories"]).filter(pc.is_valid(items.column("categories")))
+    lists = table.column("categories").combine_chunks()
+    owner = pd.Index(catalogue).get_indexer(table.column("item_id").to_numpy(zero_copy_only=False))
+    rows = owner[pc.list_parent_indices(lists).to_numpy()]
+    names = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    frame = pd.DataFrame({"item_index": rows, "category": names})
+    frame = frame[(frame["item_index"] >= 0) & frame["category"].notna() & (frame["category"] != "")]
+    frame = frame.drop_duplicates().sort_values(["item_index", "category"], kind="stable")
+    if frame.empty:
+        return None
+    return pa.Table.from_pandas(frame.astype({"item_index": "int32"}), schema=schemas.ITEM_CATEGORIES,
+                                preserve_index=False)
+
+
 #: Rows per row group of ``interactions.parquet``: a top-N range of 8192 users (~1.2M
 #: interactions at the ML-20M shape) reads ~10 of them, ~10% more rows than it needs.
 INTERACTIONS_ROW_GROUP = 128 * 1024
@@ -178,6 +198,9 @@ def preprocess(date, *, root=None, params: RunParams = RunParams()) -> dict:
         tables["new_items"] = prepared["new_items"]
         catalogue = np.concatenate([catalogue, prepared["new_items"].column("item_id").to_numpy(zero_copy_only=False)])
         inputs = [*inputs, str(raw / "items.parquet")]
+    categories = item_categories(landed["items"], catalogue)
+    if categories is not None:  # what diversity (the metric, MMR) compares items by
+        tables["item_categories"] = categories
     resolved = rules.resolve(landed["rules"], landed["items"], landed["users"], prepared["user_map"]["user_id"].to_numpy(),
                              catalogue, date)
     if resolved is not None:  # the run date's rules in index space, applied by the top-N kernel

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from nightly_topn import config, registry
 from nightly_topn.config import RunParams
 from nightly_topn.errors import BadInput, JobFailed, MissingPartition, NightlyTopNError
-from nightly_topn.features import read_new_items
+from nightly_topn.features import ITEM_CATEGORIES, read_new_items
 from nightly_topn.storage import Storage, as_date
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,9 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
     if not (features_dir / "_manifest.json").is_file():
         raise MissingPartition(f"features partition for {date} is missing ({features_dir}); run preprocess first")
     info = registry.model_info(store, date, required=True)
+    if params.diversity_strength > 0 and not (features_dir / ITEM_CATEGORIES).is_file():
+        raise BadInput(f"diversity_strength={params.diversity_strength} needs item categories, and {features_dir} has "
+                       f"none: land items.* with a categories column, or run with diversity_strength=0")
     attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = store.partition("topn", date) / f"v={attempt}"
     started = time.perf_counter()
@@ -101,7 +104,7 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
                     f"--features={features_dir}", f"--model={models_dir / 'final' / info['model']}",
                     f"--fallback={models_dir / 'final' / 'popularity'}", f"--output={stage}",
                     f"--logical_date={date.isoformat()}", f"--model_version={info['model_version']}",
-                    f"--top_n={params.top_n}", *beam_args,
+                    f"--top_n={params.top_n}", f"--diversity_strength={params.diversity_strength}", *beam_args,
                 ]
             )
             parts = sorted(stage.glob("part-*.parquet"))
@@ -116,6 +119,7 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
             store.write_manifest(stage, producer="topn", date=date, inputs=[features_dir, models_dir],
                                  extra={"files": [p.name for p in parts], "rows": rows, "top_n": params.top_n,
                                         "index": INDEX_FILE, "new_items": reach,
+                                        "diversity_strength": params.diversity_strength,
                                         "model_version": info["model_version"], "beam_args": beam_args,
                                         "seconds": round(time.perf_counter() - started, 3)})
     except NightlyTopNError:

@@ -32,7 +32,8 @@ DEFAULT_SOURCE = "generated"
 DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 #: Flags the top-N job sets itself (paths and identity of the version): nobody else may.
-JOB_OWNED_FLAGS = ("features", "model", "fallback", "output", "logical_date", "model_version", "top_n")
+JOB_OWNED_FLAGS = ("features", "model", "fallback", "output", "logical_date", "model_version", "top_n",
+                   "diversity_strength")
 #: The ``model`` knob's choices: ``auto`` and every model of ``nightly_topn.models.MODELS`` (listed
 #: here so that parsing the DAG imports no model code; a test keeps the two in step).
 MODEL_CHOICES = ("auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence", "horizon")
@@ -180,6 +181,10 @@ class RunParams:
         ge=0.0, le=1.0,
         description="Quality gate: the new model may be at most this fraction below the live "
                     "champion's NDCG@K (both measured on tonight's holdout).")] = 0.02
+    diversity_strength: Annotated[float, Field(
+        ge=0.0, le=0.9,
+        description="MMR re-ranking of the published lists: 0 = plain ranking; higher trades relevance for "
+                    "lists that span more item categories (the report shows what it costs in NDCG).")] = 0.0
     beam_running_mode: Annotated[Literal["deployment", "in_memory", "multi_threading", "multi_processing"], Field(
         description="How the local Beam runner executes this run's top-N step: 'deployment' = as the "
                     "deployment's $NIGHTLY_TOPN_BEAM_ARGS says; 'multi_processing' spreads it over "

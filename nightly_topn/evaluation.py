@@ -74,25 +74,27 @@ def beyond_accuracy(recommended: np.ndarray, k: int, n_items: int, *, item_popul
     return out
 
 
-def intra_list_diversity(recs: np.ndarray, item_categories: sp.csr_matrix) -> float:
+def intra_list_diversity(recs: np.ndarray, item_categories: sp.csr_matrix, chunk: int = 4096) -> float:
     """Mean over lists of the mean pairwise cosine distance between items' category vectors.
 
-    Items without any category count as unlike everything (distance 1).
+    Items without any category count as unlike everything (distance 1). Vectorised: with unit
+    vectors ``e`` of a list's ``n`` items, the sum of pairwise similarities is ``|Σe|² - Σ|e|²``.
     """
-    cats = sp.csr_matrix(item_categories, dtype=np.float64)
-    norms = np.sqrt(np.asarray(cats.multiply(cats).sum(axis=1)).ravel())
-    norms[norms == 0] = 1.0
-    unit = sp.diags(1.0 / norms) @ cats
-    values = []
-    for row in recs:
-        row = row[row >= 0]
-        if len(row) < 2:
-            continue
-        v = unit[row]
-        sim = np.asarray((v @ v.T).toarray())
-        n = len(row)
-        values.append(1.0 - (sim.sum() - np.trace(sim)) / (n * (n - 1)))
-    return float(np.mean(values)) if values else 0.0
+    from nightly_topn.diversity import unit_vectors
+
+    unit = unit_vectors(item_categories, item_categories.shape[0])
+    recs = np.asarray(recs)
+    total, lists = 0.0, 0
+    for lo in range(0, len(recs), chunk):
+        block = recs[lo:lo + chunk]
+        valid = block >= 0
+        emb = unit[np.where(valid, block, 0)] * valid[:, :, None]
+        n = valid.sum(axis=1)
+        pair_sum = np.square(emb.sum(axis=1, dtype=np.float64)).sum(axis=1) - np.square(emb, dtype=np.float64).sum(axis=(1, 2))
+        judged = n >= 2
+        total += float((1.0 - pair_sum[judged] / (n[judged] * (n[judged] - 1))).sum())
+        lists += int(judged.sum())
+    return total / lists if lists else 0.0
 
 
 def ranking_metrics(recommended: np.ndarray, relevant: sp.csr_matrix, k: int, *, n_items: int | None = None,

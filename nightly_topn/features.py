@@ -1,4 +1,5 @@
-"""The one reader of a features partition (``interactions.parquet``, the two id maps, ``new_items.parquet``).
+"""The one reader of a features partition (``interactions.parquet``, the two id maps, ``new_items.parquet``,
+``item_categories.parquet``).
 
 Everything that reads prepared training data goes through ``InteractionsFile``: the train and
 evaluate jobs load the whole partition (``Features.load``), the top-N pipeline reads it range
@@ -22,6 +23,7 @@ INTERACTIONS = "interactions.parquet"
 USER_MAP = "user_map.parquet"
 ITEM_MAP = "item_map.parquet"
 NEW_ITEMS = "new_items.parquet"
+ITEM_CATEGORIES = "item_categories.parquet"
 _ID_COLUMN = {USER_MAP: "user_id", ITEM_MAP: "item_id"}
 
 
@@ -74,6 +76,25 @@ class InteractionsFile:
             return None
         return NewItems.of(table, *self.shape)
 
+    def item_categories(self) -> sp.csr_matrix | None:
+        """``items × categories`` (binary, warm then new items, vocabulary sorted) from
+        ``item_categories.parquet``; None when the partition has none (no item attributes)."""
+        import pyarrow.fs as pafs
+
+        path = self._path(ITEM_CATEGORIES)
+        if self._fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with self._fs.open_input_file(path) as handle:
+            table = pq.read_table(handle)
+        if not table.num_rows:
+            return None
+        names = table.column("category").to_numpy(zero_copy_only=False)
+        vocabulary, column = np.unique(names, return_inverse=True)
+        rows = table.column("item_index").to_numpy()
+        n_items = self.shape[1] + (len(self.new_items() or ()) if rows.max() >= self.shape[1] else 0)
+        return sp.csr_matrix((np.ones(len(rows), np.float32), (rows, column.reshape(-1))),
+                             shape=(n_items, len(vocabulary)))
+
     def close(self) -> None:
         self._handle.close()
 
@@ -83,6 +104,15 @@ def read_new_items(directory: str | os.PathLike) -> "NewItems | None":
     source = InteractionsFile(directory)
     try:
         return source.new_items()
+    finally:
+        source.close()
+
+
+def read_item_categories(directory: str | os.PathLike) -> sp.csr_matrix | None:
+    """``InteractionsFile(directory).item_categories()``, the file closed again."""
+    source = InteractionsFile(directory)
+    try:
+        return source.item_categories()
     finally:
         source.close()
 

@@ -194,6 +194,17 @@ def _cold_start(evaluation: dict) -> dict | None:
                                 "without": [_fmt(items["without"][m]) for m in metrics]}}
 
 
+def _mmr(evaluation: dict) -> dict | None:
+    """``evaluation["diversity"]``: the MMR sweep, the run's strength marked."""
+    figures = evaluation.get("diversity")
+    if not figures:
+        return None
+    rows = [{"strength": _fmt(r["strength"]), "chosen": r["strength"] == figures["strength"],
+             "cells": [_fmt(r.get(m)) for m in ("ndcg", "recall_capped", "diversity", "coverage")]}
+            for r in figures["rows"]]
+    return {**figures, "rows": rows}
+
+
 def render(store: Storage, date, evaluation: dict, *, recommended=None, item_popularity=None,
            registry_record: dict | None = None) -> str:
     """The report page as HTML text (``date`` is taken from ``evaluation``; kept for callers)."""
@@ -216,6 +227,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
         "served": _served(evaluation), "cold_start": _cold_start(evaluation), "rules": evaluation.get("rules"),
+        "mmr": _mmr(evaluation),
     }
     return _env().get_template("report.html.j2").render(context)
 

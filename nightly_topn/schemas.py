@@ -137,6 +137,14 @@ SCORING_RULES = pa.schema(
     metadata={"contract": "scoring-rules", "version": "1"},
 )
 
+#: Item categories of a features partition (``item_categories.parquet``), one row per (item,
+#: category), over warm and new items (index ``len(item_map) + j`` = new item ``j``): what the
+#: diversity metric and MMR re-ranking compare items by.
+ITEM_CATEGORIES = pa.schema(
+    [pa.field("item_index", pa.int32(), nullable=False), pa.field("category", pa.string(), nullable=False)],
+    metadata={"contract": "item-categories", "version": "1"},
+)
+
 #: Published top-N: one row per user, items ranked best first.
 TOPN = pa.schema(
     [

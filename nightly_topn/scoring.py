@@ -20,7 +20,8 @@ unmasked warm scores; the cold block is masked by the history's columns ``n_warm
 top-N merged with the warm top-N, so lists rank warm and cold items in one index space.
 
 With candidate rules (``nightly_topn.rules.CandidateRules``), what they forbid is masked in the
-same buffers after the history, before the cut, so the lists stay full.
+same buffers after the history, before the cut, so the lists stay full. With diversity on
+(``nightly_topn.diversity``), the cut keeps ``k`` > N candidates, which MMR re-ranks into N.
 """
 from __future__ import annotations
 
@@ -187,11 +188,14 @@ class TopNScorer:
     """
 
     def __init__(self, model, n: int, *, batch_size: int = DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
-                 verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None, rules=None):
+                 verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None, rules=None,
+                 diversity: tuple | None = None):
         import torch
 
         self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
         self.rules = rules  # CandidateRules over warm + new items, or None
+        # MMR: (diversity.CategorySimilarity of warm + new items, strength λ); the kernel keeps k candidates
+        self.diversity = diversity if diversity is not None and diversity[1] > 0 else None
         self._cold = None
         self.n_warm = getattr(model, "n_items", 0)
         if cold_weights is not None and cold_weights.shape[1]:
@@ -204,6 +208,11 @@ class TopNScorer:
             self._cold = sp.csr_matrix((by_cold.data, local.reshape(-1), by_cold.indptr),
                                        shape=(by_cold.shape[0], len(self._cold_cols)))
         self.n_cold = 0 if self._cold is None else self._cold.shape[0]
+        self.k = self.n
+        if self.diversity is not None:
+            from nightly_topn.diversity import candidates
+
+            self.k = candidates(self.n, self.n_warm + self.n_cold)
         factors = _factors(model)
         self.fused = factors is not None
         self._verified = not verify
@@ -223,9 +232,13 @@ class TopNScorer:
 
     def recommend(self, users: np.ndarray, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Like ``model.recommend(users, history, n)`` (seen filtered), any number of users."""
-        users = np.asarray(users)
-        idx = np.empty((len(users), self.n), dtype=np.int32)
-        vals = np.empty((len(users), self.n), dtype=np.float32)
+        idx, vals = self._candidates(np.asarray(users), history)
+        return (idx, vals) if self.diversity is None else self._diversify(idx, vals)
+
+    def _candidates(self, users: np.ndarray, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
+        """The best ``k`` unmasked items per user (``k`` = n, or MMR's candidate count)."""
+        idx = np.empty((len(users), self.k), dtype=np.int32)
+        vals = np.empty((len(users), self.k), dtype=np.float32)
         widths = []
         if self.fused and len(users):
             # Learned user factors only for users the model was trained on; others (fold-in from
@@ -238,11 +251,11 @@ class TopNScorer:
                 widths.append(i.shape[1])
                 if trained.any():
                     keep = np.flatnonzero(trained)
-                    i, v = self.recommend(users[keep], history[keep])
+                    i, v = self._candidates(users[keep], history[keep])
                     idx[keep, : i.shape[1]], vals[keep, : i.shape[1]] = i, v
                     widths.append(i.shape[1])
                 width = min(widths)
-                return (idx[:, :width].copy(), vals[:, :width].copy()) if width < self.n else (idx, vals)
+                return (idx[:, :width].copy(), vals[:, :width].copy()) if width < self.k else (idx, vals)
         bounds = [(lo, min(lo + self.batch_size, len(users))) for lo in range(0, len(users), self.batch_size)]
         if bounds and self.fused and not self._verified:
             self._verify(users[: bounds[0][1]], history[: bounds[0][1]])
@@ -258,16 +271,43 @@ class TopNScorer:
         else:
             for bound in bounds:
                 run(bound)
-        width = min(widths) if widths else self.n
-        if width < self.n:  # catalog smaller than n
+        width = min(widths) if widths else self.k
+        if width < self.k:  # catalog smaller than k
             idx, vals = idx[:, :width].copy(), vals[:, :width].copy()
         return idx, vals
+
+    #: Users per MMR call: its N steps are small array operations, which hold the GIL for most of
+    #: their time at 128 users (two threads ran slower than one); at thousands they release it.
+    MMR_ROWS = 2048
+
+    def _diversify(self, idx: np.ndarray, vals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """MMR of the ``k`` candidates down to ``n``, in blocks of ``MMR_ROWS`` users, ``parallel`` at once."""
+        from nightly_topn.diversity import mmr
+
+        similarity, strength = self.diversity
+        rows = max(1, min(self.MMR_ROWS, -(-len(idx) // self.parallel)))
+        blocks = [(lo, min(lo + rows, len(idx))) for lo in range(0, len(idx), rows)]
+        width = min(self.n, idx.shape[1])
+        out_idx = np.full((len(idx), width), -1, dtype=np.int32)
+        out_val = np.full((len(idx), width), -np.inf, dtype=np.float32)
+
+        def run(block):
+            lo, hi = block
+            out_idx[lo:hi], out_val[lo:hi] = mmr(idx[lo:hi], vals[lo:hi], similarity, self.n, strength)
+
+        if self.parallel > 1 and len(blocks) > 1:
+            with ThreadPoolExecutor(self.parallel, "topn-mmr") as pool:
+                list(pool.map(run, blocks))
+        else:
+            for block in blocks:
+                run(block)
+        return out_idx, out_val
 
     def _generic(self, users, history):
         """Any model: its own ``recommend``; with new items, ``model.score`` unmasked, the cold block
         from it, then mask and merge as in the fused path."""
         if self._cold is None and self.rules is None:
-            return self.model.recommend(users, history, self.n)
+            return self.model.recommend(users, history, self.k)
         from nightly_topn.models.base import align_history
 
         warm = align_history(history, self.n_warm)
@@ -276,7 +316,7 @@ class TopNScorer:
         mask_seen(scores, warm)
         if self.rules is not None:
             self.rules.mask(scores, users)
-        top = top_n(scores, self.n, self.block)
+        top = top_n(scores, self.k, self.block)
         return top if cold is None else self._merge(top, cold, history, users)
 
     def _cold_scores(self, warm_scores: np.ndarray) -> np.ndarray:
@@ -293,10 +333,10 @@ class TopNScorer:
             mask_seen(cold, history[:, self.n_warm:])
         if self.rules is not None:
             self.rules.mask(cold, users, self.n_warm)
-        cold_idx, cold_vals = top_n(cold, self.n, self.block)
+        cold_idx, cold_vals = top_n(cold, self.k, self.block)
         idx = np.hstack([warm_top[0], np.where(cold_idx >= 0, cold_idx + self.n_warm, -1).astype(np.int32)])
         vals = np.hstack([warm_top[1], cold_vals])
-        order = np.argsort(-vals, axis=1, kind="stable")[:, : self.n]
+        order = np.argsort(-vals, axis=1, kind="stable")[:, : self.k]
         return np.take_along_axis(idx, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
     def _batch(self, users, history):
@@ -320,7 +360,7 @@ class TopNScorer:
                     out.numpy().reshape(-1)[flat] = -np.inf  # a view: masks the buffer in place
                 if self.rules is not None:
                     self.rules.mask(out.numpy(), users)
-            top = top_n(out.numpy(), self.n, self.block)
+            top = top_n(out.numpy(), self.k, self.block)
             return top if cold is None else self._merge(top, cold, history, users)
         finally:
             self._buffers.put(buffer)

@@ -18,7 +18,8 @@ New items (``features/dt=D/new_items.parquet``, when preprocess wrote one) are s
 warm neighbours (``cold_start``): index ``n_warm + j`` in the lists, mapped to their ids by the
 writer; their weights and who has seen them are ``n_cold × m`` and ``n_cold × few`` sparse.
 Candidate rules (``features/dt=D/rules.parquet``, ``nightly_topn.rules``) are masked in the same
-buffers before the cut, so lists stay full.
+buffers before the cut, so lists stay full; ``--diversity_strength`` > 0 re-ranks each user's
+candidates by MMR over the items' categories (``nightly_topn.diversity``).
 
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
@@ -74,9 +75,10 @@ class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
-                 threads: int = 0):
+                 threads: int = 0, diversity_strength: float = 0.0):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
+        self.diversity_strength = diversity_strength
 
     def setup(self):
         # Heavy state once per worker, not per element; history is read per range (``History``).
@@ -90,19 +92,30 @@ class ScoreUserRange(beam.DoFn):
         self.new_items = read_new_items(self.features_dir)
         cold = None if self.new_items is None else self.new_items.weights
         n_users, n_warm = self.history.shape
-        rules = CandidateRules.read(self.features_dir, n_users, n_warm + (0 if cold is None else cold.shape[1]))
+        n_items = n_warm + (0 if cold is None else cold.shape[1])
+        rules = CandidateRules.read(self.features_dir, n_users, n_items)
+        diversity = None
+        if self.diversity_strength > 0:  # MMR over the items' category vectors (nightly_topn.diversity)
+            from nightly_topn.diversity import CategorySimilarity
+            from nightly_topn.features import read_item_categories
+
+            categories = read_item_categories(self.features_dir)
+            if categories is None:
+                raise ValueError(f"diversity_strength={self.diversity_strength} needs item categories; "
+                                 f"{self.features_dir} has none (land items.* with a categories column)")
+            diversity = (CategorySimilarity(categories, n_items), self.diversity_strength)
         self.model = load_model(local_copy(self.model_dir))
         self.fallback = load_model(local_copy(self.fallback_dir))
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
         self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads,
-                                         cold_weights=cold, rules=rules)
+                                         cold_weights=cold, rules=rules, diversity=diversity)
         if self.scorer.fused and self.threads > 1:
             import torch
 
             torch.set_num_threads(1)
         self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size,
-                                                  cold_weights=cold, rules=rules)
+                                                  cold_weights=cold, rules=rules, diversity=diversity)
 
     def process(self, user_range):
         import numpy as np
@@ -255,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=DEFAULT_BATCH, help="users scored per matrix product")
     parser.add_argument("--range_size", type=int, default=8192, help="users per element / part file")
     parser.add_argument("--row_group_size", type=int, default=DEFAULT_ROW_GROUP, help="users per Parquet row group")
+    parser.add_argument("--diversity_strength", type=float, default=0.0,
+                        help="MMR strength (0 = plain ranking), over the features' item categories")
     parser.add_argument("--scoring_threads", type=int, default=0,
                         help="torch/BLAS threads per worker process (0 = cores / local worker processes)")
     return parser
@@ -276,7 +291,8 @@ def run(argv=None) -> None:
             | "UserRanges" >> beam.Create(user_ranges(n_users, known_args.range_size))
             | "Spread" >> beam.Reshuffle()
             | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
-                                                  known_args.top_n, known_args.batch_size, threads))
+                                                  known_args.top_n, known_args.batch_size, threads,
+                                                  known_args.diversity_strength))
             | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
                                                       known_args.logical_date, known_args.model_version,
                                                       known_args.row_group_size))

@@ -1,21 +1,28 @@
-"""What candidate rules cost the top-N step at MovieLens-20M shape: rules off vs on, one run.
+"""What shaping the lists costs the top-N step at MovieLens-20M shape: candidate rules off/on and
+MMR diversity off/on, one run.
 
-    . .venv/bin/activate && python benchmarks/rules_cost.py        # ~5 min on 2 cores
+    . .venv/bin/activate && python benchmarks/list_shaping.py        # ~6 min on 2 cores
 
 Data: the top-N benchmark's storage root (``benchmarks/topn_data.py``, built once under
 ``var/bench/ml20m``: 138,493 users × 26,744 items, ~20M interactions, 64-factor ALS). Rules are
 landed in id space (``schemas.RULES`` + users with a segment) and resolved by the product's own
-``rules.resolve`` into ``features/dt=D/rules.parquet``, exactly as preprocess does:
+``rules.resolve`` into ``features/dt=D/rules.parquet``, exactly as preprocess does; item
+categories (1-3 of 20 genres per item, following the item factors' directions, as real genres
+follow tastes) are written as preprocess writes them (``item_categories.parquet``). Configurations:
 
+* ``off``: plain top-N;
 * ``exclude``: 10 % of the catalogue excluded for everyone (random items, popular ones included);
 * ``all``: that, plus 5 blocked items per user (692K block rules) and a segment "eu" (every
-  third user) whose allow-list holds 80 % of the catalogue.
+  third user) whose allow-list holds 80 % of the catalogue;
+* ``mmr``: no rules, MMR re-ranking at ``--strength`` (default 0.3) from ``diversity.candidates(N)``
+  candidates per user.
 
 Each configuration runs the kernel (``TopNScorer`` over all users in memory, in the pipeline's
 thread setting) and the real top-N job (Beam pipeline to Parquet, timed by the job), each in a
 fresh process (``topn_benchmark.run_task``: peak RSS of the process tree), ``--repeat`` times
-interleaved (off, exclude, all, off, ...), best run kept. Every list of the kernel runs is
-checked: rule violations and lists shorter than N are counted (both must be 0).
+interleaved, best run kept. Every list of the kernel runs is checked: rule violations and lists
+shorter than N are counted (both must be 0); the kernel also reports the lists' intra-list
+diversity over the categories.
 """
 from __future__ import annotations
 
@@ -43,7 +50,7 @@ def land_rules(root: Path, kind: str, seed: int = 0) -> dict | None:
 
     features = root / "features" / f"dt={DATE}"
     (features / RULES_FILE).unlink(missing_ok=True)
-    if kind == "off":
+    if kind in ("off", "mmr"):
         return None
     users = pq.read_table(features / "user_map.parquet").column("user_id").to_numpy(zero_copy_only=False)
     items = pq.read_table(features / "item_map.parquet").column("item_id").to_numpy(zero_copy_only=False)
@@ -74,6 +81,33 @@ def land_rules(root: Path, kind: str, seed: int = 0) -> dict | None:
     return {**stats, "rules": table.num_rows, "resolve_seconds": round(time.perf_counter() - started, 2)}
 
 
+def land_categories(root: Path, seed: int = 0) -> None:
+    """``item_categories.parquet`` of the benchmark root: 1-3 of 20 genres per item."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nightly_topn import schemas
+    from nightly_topn.features import ITEM_CATEGORIES
+
+    from nightly_topn.models import load_model
+
+    features = root / "features" / f"dt={DATE}"
+    factors = load_model(root / "models" / f"dt={DATE}" / "final" / "als").item_factors
+    rng = np.random.default_rng(seed)
+    # genres follow the taste structure (as real ones do): an item's 1-3 genres are the random
+    # directions its factors point to most, so a plain list concentrates on few genres
+    affinity = factors @ rng.standard_normal((factors.shape[1], 20)).astype(np.float32)
+    ranked = np.argsort(-affinity, axis=1)
+    per_item = rng.integers(1, 4, len(factors))
+    items = np.repeat(np.arange(len(factors), dtype=np.int32), per_item)
+    slot = np.arange(len(items)) - np.repeat(np.cumsum(per_item) - per_item, per_item)
+    genres = np.array([f"genre-{g:02d}" for g in range(20)])[ranked[items, slot]]
+    table = pa.table({"item_index": items, "category": genres}).group_by(["item_index", "category"]).aggregate([])
+    pq.write_table(table.sort_by([("item_index", "ascending"), ("category", "ascending")])
+                   .cast(schemas.ITEM_CATEGORIES), features / ITEM_CATEGORIES)
+
+
 def main(argv=None) -> int:
     import topn_benchmark
     import topn_data
@@ -82,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--root", default="var/bench/ml20m")
     parser.add_argument("--top-n", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--strength", type=float, default=0.3, help="MMR strength of the mmr configuration")
+    parser.add_argument("--kinds", default="off,exclude,all,mmr", help="configurations to run (off always runs)")
     parser.add_argument("--json", help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
@@ -92,31 +128,40 @@ def main(argv=None) -> int:
                                    factors=data["spec"]["factors"], items=data["spec"]["items"])
     print(f"data: {data['spec']['users']} users x {data['spec']['items']} items, {data['nnz']:,} interactions, "
           f"top-{args.top_n}", flush=True)
-    kinds = ("off", "exclude", "all")
+    kinds = tuple(dict.fromkeys(["off", *filter(None, args.kinds.split(","))]))
     runs = {k: {"kernel": [], "pipeline": []} for k in kinds}
     stats = {}
+    from nightly_topn.features import ITEM_CATEGORIES
+
+    land_categories(root)
     try:
         for _ in range(args.repeat):
             for kind in kinds:
                 stats[kind] = land_rules(root, kind)
+                extra = ["--diversity-strength", str(args.strength)] if kind == "mmr" else []
                 for task in ("kernel", "pipeline"):
-                    result = topn_benchmark.run_task(task, task_args)
+                    result = topn_benchmark.run_task(task, task_args, extra)
                     runs[kind][task].append(result)
                     print(f"  {kind:8s} {task:8s} {result['users_per_s']:9.0f} users/s "
                           f"({result['seconds']:.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB)", flush=True)
-    finally:
-        land_rules(root, "off")  # the top-N benchmark's root stays rule-free
+    finally:  # the top-N benchmark's root stays as it built it
+        land_rules(root, "off")
+        (root / "features" / f"dt={DATE}" / ITEM_CATEGORIES).unlink(missing_ok=True)
     best = {k: {t: max(r, key=lambda x: x["users_per_s"]) for t, r in v.items()} for k, v in runs.items()}
-    print(f"\n{'rules':10s} {'kernel users/s':>15s} {'x off':>7s} {'job users/s':>12s} {'x off':>7s} "
-          f"{'job RSS MiB':>12s} {'violations':>11s} {'short lists':>12s}")
+    print(f"\n{'shaping':10s} {'kernel users/s':>15s} {'x off':>7s} {'job users/s':>12s} {'x off':>7s} "
+          f"{'job RSS MiB':>12s} {'violations':>11s} {'short lists':>12s} {'diversity':>10s}")
     for kind in kinds:
         kernel, job = best[kind]["kernel"], best[kind]["pipeline"]
         print(f"{kind:10s} {kernel['users_per_s']:15.0f} "
               f"{best['off']['kernel']['users_per_s'] / kernel['users_per_s']:7.2f} {job['users_per_s']:12.0f} "
               f"{best['off']['pipeline']['users_per_s'] / job['users_per_s']:7.2f} {job['peak_rss_mib']:12.0f} "
-              f"{kernel.get('rule_violations', 0):11d} {kernel['short_lists']:12d}")
-    for kind in kinds[1:]:
-        print(f"{kind}: {json.dumps(stats[kind])}")
+              f"{kernel.get('rule_violations', 0):11d} {kernel['short_lists']:12d} "
+              f"{kernel.get('intra_list_diversity', float('nan')):10.4f}")
+    for kind in ("exclude", "all"):
+        if kind in stats:
+            print(f"{kind}: {json.dumps(stats[kind])}")
+    if "mmr" in best:
+        print(f"mmr: strength {args.strength}, {best['mmr']['kernel']['users']} users")
     print("(x off: time with rules / time without, from the best of each; kernel = scoring only, "
           "job = the top-N job end to end to Parquet)")
     if args.json:
