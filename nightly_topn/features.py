@@ -62,31 +62,29 @@ class InteractionsFile:
         with self._fs.open_input_file(self._path(name)) as handle:
             return pq.read_table(handle, columns=[_ID_COLUMN[name]]).column(0).combine_chunks()
 
-    def new_items(self) -> "NewItems | None":
-        """The partition's new (cold) items with their neighbour weights, None when there are none
-        (no ``new_items.parquet``: knob off, no item attributes; or an empty one)."""
+    def optional(self, name: str) -> pa.Table | None:
+        """The partition's optional table ``name`` (``NEW_ITEMS``, ``ITEM_CATEGORIES``,
+        ``rules.parquet``), None when it was not written or is empty."""
         import pyarrow.fs as pafs
 
-        path = self._path(NEW_ITEMS)
+        path = self._path(name)
         if self._fs.get_file_info(path).type != pafs.FileType.File:
             return None
         with self._fs.open_input_file(path) as handle:
             table = pq.read_table(handle)
-        if not table.num_rows:
-            return None
-        return NewItems.of(table, *self.shape)
+        return table if table.num_rows else None
+
+    def new_items(self) -> "NewItems | None":
+        """The partition's new (cold) items with their neighbour weights, None when there are none
+        (no ``new_items.parquet``: knob off, no item attributes; or an empty one)."""
+        table = self.optional(NEW_ITEMS)
+        return None if table is None else NewItems.of(table, *self.shape)
 
     def item_categories(self) -> sp.csr_matrix | None:
         """``items × categories`` (binary, warm then new items, vocabulary sorted) from
         ``item_categories.parquet``; None when the partition has none (no item attributes)."""
-        import pyarrow.fs as pafs
-
-        path = self._path(ITEM_CATEGORIES)
-        if self._fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with self._fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
-        if not table.num_rows:
+        table = self.optional(ITEM_CATEGORIES)
+        if table is None:
             return None
         names = table.column("category").to_numpy(zero_copy_only=False)
         vocabulary, column = np.unique(names, return_inverse=True)
@@ -101,18 +99,23 @@ class InteractionsFile:
 
 def read_new_items(directory: str | os.PathLike) -> "NewItems | None":
     """``InteractionsFile(directory).new_items()``, the file closed again."""
-    source = InteractionsFile(directory)
-    try:
-        return source.new_items()
-    finally:
-        source.close()
+    return _read(directory, InteractionsFile.new_items)
 
 
 def read_item_categories(directory: str | os.PathLike) -> sp.csr_matrix | None:
     """``InteractionsFile(directory).item_categories()``, the file closed again."""
+    return _read(directory, InteractionsFile.item_categories)
+
+
+def read_optional(directory: str | os.PathLike, name: str) -> pa.Table | None:
+    """``InteractionsFile(directory).optional(name)``, the file closed again."""
+    return _read(directory, lambda source: source.optional(name))
+
+
+def _read(directory, what):
     source = InteractionsFile(directory)
     try:
-        return source.item_categories()
+        return what(source)
     finally:
         source.close()
 

@@ -127,17 +127,10 @@ class CandidateRules:
     @classmethod
     def read(cls, features_dir, n_users: int, n_items: int) -> "CandidateRules | None":
         """The partition's rules (local path or any ``pyarrow.fs`` URI), None when it has none."""
-        import pyarrow.fs as pafs
-        import pyarrow.parquet as pq
+        from nightly_topn.features import read_optional
 
-        directory = str(features_dir)
-        fs, base = pafs.FileSystem.from_uri(directory) if "://" in directory else (pafs.LocalFileSystem(), directory)
-        path = f"{base.rstrip('/')}/{RULES_FILE}"
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
-        return cls(table, n_users, n_items) if table.num_rows else None
+        table = read_optional(features_dir, RULES_FILE)
+        return None if table is None else cls(table, n_users, n_items)
 
     def mask(self, scores: np.ndarray, users: np.ndarray, lo: int = 0) -> None:
         """Set to ``-inf`` (in place) what the rules forbid in ``scores``: rows ``users``, columns
