@@ -27,21 +27,16 @@ import scipy.sparse as sp
 from nightly_topn import rules, schemas
 from nightly_topn.config import RunParams, event_weights
 from nightly_topn.errors import BadInput, MissingPartition
-from nightly_topn.storage import Storage, as_date, read_json, read_table, write_table
+from nightly_topn.storage import Storage, as_date, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 
 def _validated_events(store: Storage, day: dt.date):
-    """The raw gate's accepted rows of ``day`` (``clean/``) when they belong to the landed file, else raw."""
-    from nightly_topn.jobs.validate import raw_fingerprint
+    """The raw gate's accepted rows of ``day`` when they belong to the landed file, else raw."""
+    from nightly_topn.jobs.validate import gated_events
 
-    raw = store.partition("raw", day) / "events.parquet"
-    clean = store.partition("clean", day)
-    if (clean / "_manifest.json").is_file():
-        if read_json(clean / "_manifest.json").get("raw_fingerprint") == raw_fingerprint(raw):
-            return clean / "events.parquet"
-    return raw
+    return gated_events(store, day) or store.partition("raw", day) / "events.parquet"
 
 
 def load_window(store: Storage, date: dt.date, window_days: int) -> tuple[pd.DataFrame, list[str]]:

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,17 @@ def raw_fingerprint(path: Path) -> str:
     """Identifies one landed file (a re-land changes it), so a stale clean partition is not used."""
     st = path.stat()
     return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def gated_events(store: Storage, day: dt.date) -> Path | None:
+    """The raw gate's accepted rows of ``day`` (``clean/dt=D/events.parquet``) when they belong to
+    the file landed now (a re-land changes its fingerprint), else None: the day is not gated."""
+    raw = store.partition("raw", day) / "events.parquet"
+    clean = store.partition("clean", day)
+    if (clean / MANIFEST).is_file() and raw.is_file():
+        if read_json(clean / MANIFEST).get("raw_fingerprint") == raw_fingerprint(raw):
+            return clean / "events.parquet"
+    return None
 
 
 def _ratio_bounds(reference: float | None, ratio) -> tuple[int | None, int | None]:
@@ -151,8 +163,8 @@ def rules_frame(partition: Path) -> pd.DataFrame | None:
             items = items.select(["item_id", "available_from", "available_until"]).to_pandas()
             bounded = items["available_from"].notna() | items["available_until"].notna()
             frames.append(items[bounded].assign(rule="window"))
-    if not frames:
-        return None
+    if not any(len(f) for f in frames):
+        return None  # nothing to check: no rule, no bounded window
     frame = pd.concat(frames, ignore_index=True)
     for column in RULE_COLUMNS:
         if column not in frame.columns:
@@ -161,13 +173,13 @@ def rules_frame(partition: Path) -> pd.DataFrame | None:
     return frame[RULE_COLUMNS]
 
 
-def _validate_rules(store: Storage, date: dt.date, partition: Path, reports: Path):
+def _validate_rules(store: Storage, date: dt.date, partition: Path, reports: Path, run=run_gate):
     """The ``raw_rules`` gate; a failure moves the day aside like a failed events gate (the rules
     came with it), so the next run re-lands both."""
     frame = rules_frame(partition)
     if frame is None:
         return None
-    gate = run_gate("raw_rules", frame, reports, {})
+    gate = run("raw_rules", frame, reports, {})
     if not gate.success:
         _, note = _move_aside(store, date)
         windows = int((frame["rule"] == "window").sum())
@@ -176,9 +188,47 @@ def _validate_rules(store: Storage, date: dt.date, partition: Path, reports: Pat
     return gate
 
 
-def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
+def validate_window(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
+    """The raw gate of every earlier day of ``date``'s training window that has not passed it (the
+    first run of a window, a day landed by a later ingest), so every day that feeds a model has
+    passed the raw gate. Each day is gated under its own date lock (taken in descending date
+    order only, so two runs cannot wait on each other); a failing day fails the run in one line
+    naming it, and is moved aside like any failed day, so the next run re-lands it."""
+    from nightly_topn.quality import GateSession
+    from nightly_topn.runs import date_guard
+
+    date = as_date(date)
+    store = Storage.at(root)
+    first = date - dt.timedelta(days=params.train_window_days - 1)
+    days = [d for d in store.dates("raw") if first <= d < date and gated_events(store, d) is None]
+    results, started = [], time.perf_counter()
+    if not days:
+        return {"days": [], "rejected_rows": 0, "warned": [], "seconds": 0.0}
+    with GateSession() as gates:  # one GX context for all of them; Data Docs only for the run date
+        for day in days:
+            with date_guard(day, root=root):
+                if gated_events(store, day) is not None:  # gated meanwhile by that day's own run
+                    continue
+                try:
+                    results.append(validate_raw(day, root=root, params=params, settings=settings, window=False,
+                                                gates=gates))
+                except GateFailed as exc:
+                    raise GateFailed(f"window day {day} of the {date} run: {exc}") from exc
+    if results:
+        log.info("raw %s: gated %d earlier day(s) of the window in %.1fs (%d row(s) quarantined)", date,
+                 len(results), time.perf_counter() - started, sum(r["rejected"] for r in results))
+    return {"days": [r["date"] for r in results], "rejected_rows": sum(r["rejected"] for r in results),
+            "warned": [r["date"] for r in results if r["outcome"] == "warned"],
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None,
+                 window: bool = True, gates=None) -> dict:
     """The raw gate of ``date``: quarantine row-level failures, fail on a hard one (or too many
-    rejected rows), warn on soft ones; a failed day's raw partition is moved aside (``reject_raw``)."""
+    rejected rows), warn on soft ones; a failed day's raw partition is moved aside (``reject_raw``).
+    With ``window``, then every earlier day of the training window not gated yet (``validate_window``);
+    ``gates``: a ``quality.GateSession`` to run the checks in (no Data Docs), else ``run_gate``."""
+    run_gate_ = gates.run if gates is not None else run_gate
     date = as_date(date)
     store = Storage.at(root)
     partition = store.partition("raw", date)
@@ -189,12 +239,12 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
         raise MissingPartition(f"raw partition for {date} is missing ({path}); run ingest first{hint}")
     settings = gate_settings("raw_events", settings)
     reports = store.partition("reports", date)
-    rules = _validate_rules(store, date, partition, reports)
+    rules = _validate_rules(store, date, partition, reports, run_gate_)
     frame = read_table(path).to_pandas()
     parameters = raw_parameters(store, date, settings)
     what = f"raw events {path} ({len(frame)} rows)"
     shutil.rmtree(store.partition("clean", date), ignore_errors=True)  # never leave a stale accepted set
-    gate = run_gate("raw_events", frame, reports, parameters)
+    gate = run_gate_("raw_events", frame, reports, parameters)
 
     blocking = [f for f in gate.failures if not (f["quarantine"] and f["label"] in gate.unexpected_index)]
     reasons: dict[int, list[str]] = {}
@@ -219,13 +269,13 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
     if reasons:
         log.warning("raw %s: %d row(s) (%.2f%%) quarantined to %s; continuing on %d clean rows",
                     date, len(reasons), 100 * share, quarantine, len(clean))
-        recheck = run_gate("raw_events", clean.reset_index(drop=True), reports, parameters, name="raw_events.clean")
+        recheck = run_gate_("raw_events", clean.reset_index(drop=True), reports, parameters, name="raw_events.clean")
         if not recheck.success:
             moved, note = _move_aside(store, date)
             _write_quarantine(store, date, frame, reasons, gate, outcome="failed", rejected_raw=moved, **evidence)
             raise GateFailed(f"clean rows of {what} failed validation: {_headline(recheck.failures)}; {note}\n"
                              f"{recheck.summary()}")
-    activity = _check_activity(date, clean, reports, settings)
+    activity = _check_activity(date, clean, reports, settings, run_gate_)
     table = schemas.conform(pa.Table.from_pandas(clean, preserve_index=False), schemas.EVENTS, source=f"clean rows of {path}")
     with store.staged(store.partition("clean", date)) as stage:
         write_table(table, stage / "events.parquet")
@@ -234,7 +284,8 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
                                     "gate_result": gate.result_path, "activity_result": activity.result_path})
     warnings = [w["label"] for w in gate.warnings + activity.warnings + activity.failures
                 + (rules.warnings if rules else [])]
-    return {"date": date.isoformat(), "outcome": "warned" if outcome == "passed" and warnings else outcome,
+    earlier = validate_window(date, root=root, params=params, settings=settings) if window else None
+    return {"date": date.isoformat(), "window": earlier, "outcome": "warned" if outcome == "passed" and warnings else outcome,
             "rows": len(frame), "rejected": len(reasons), "clean_rows": table.num_rows,
             "warnings": warnings, "result": gate.result_path, "data_docs": gate.docs_path,
             "activity_result": activity.result_path, "quarantine": str(quarantine),
@@ -242,7 +293,7 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
             "seconds": round(gate.seconds + activity.seconds + (rules.seconds if rules else 0.0), 3)}
 
 
-def _check_activity(date: dt.date, clean: pd.DataFrame, reports: Path, settings: dict):
+def _check_activity(date: dt.date, clean: pd.DataFrame, reports: Path, settings: dict, run=run_gate):
     """The soft ``raw_activity`` check: the most active user's share of the day's (clean) events
     above ``max_user_share`` is a warning (a bot, a load test, a replayed session?). Days with
     fewer than ``user_share_min_events`` events are not judged (one user may well hold half of ten)."""
@@ -252,7 +303,7 @@ def _check_activity(date: dt.date, clean: pd.DataFrame, reports: Path, settings:
     share = top / events if events else 0.0
     judged = events >= settings["user_share_min_events"]
     one_row = pd.DataFrame({"top_user_share": [share], "top_user_events": [top], "events": [events]})
-    gate = run_gate("raw_activity", one_row, reports,
+    gate = run("raw_activity", one_row, reports,
                     {"max_user_share": settings["max_user_share"] if judged else None})
     if gate.warnings or gate.failures:
         log.warning("raw %s: user %s holds %d of the day's %d events (%.1f%%), above max_user_share %.1f%%",

@@ -177,8 +177,46 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
         )
         docs = _offline_docs(stage / "gx" / "uncommitted" / "data_docs" / "local_site")
         docs = Path(docs).relative_to(stage) if docs else None
+    return _gate_result(checkpoint, frame, list(result.run_results.values()), result.describe_dict(), report_dir,
+                        name, parameters, str(workdir / docs) if docs else "", started)
+
+
+class GateSession:
+    """Several gate runs in one GX context, without Data Docs: for the earlier days of a window that
+    a run gates besides its own (``validate_window``), where a project copy, a context and a Data
+    Docs build per gate would cost more than the checks. Each run keeps its validation JSON;
+    the suites and result formats are the checkpoints' own."""
+
+    def __enter__(self) -> "GateSession":
+        import tempfile
+
+        gx = import_gx()
+        self._dir = tempfile.TemporaryDirectory(prefix="nightly-topn-gx-")
+        shutil.copytree(gx_project_dir(), Path(self._dir.name) / "gx",
+                        ignore=shutil.ignore_patterns("uncommitted", "__pycache__"))
+        self.context = gx.get_context(mode="file", project_root_dir=self._dir.name)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._dir.cleanup()
+
+    def run(self, checkpoint: str, frame, report_dir: Path, parameters: dict | None = None, *,
+            name: str | None = None) -> GateResult:
+        """``run_gate`` without Data Docs: the checkpoint's validation definition, run directly."""
+        started = time.perf_counter()
+        result_format = self.context.checkpoints.get(checkpoint).result_format
+        result = self.context.validation_definitions.get(checkpoint).run(
+            batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {},
+            result_format=result_format)
+        return _gate_result(checkpoint, frame, [result], result.describe_dict(), Path(report_dir),
+                            name or checkpoint, parameters, "", started)
+
+
+def _gate_result(checkpoint, frame, suite_results, described, report_dir: Path, name: str, parameters,
+                 docs_path: str, started: float) -> GateResult:
+    """The failures and warnings of GX's suite results, kept as ``NAME.validation.json`` and logged."""
     gate = GateResult(checkpoint=checkpoint, success=True, rows=len(frame))
-    for run_result in result.run_results.values():
+    for run_result in suite_results:
         for item in run_result.results:
             if item.success:
                 continue
@@ -203,13 +241,13 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
                 gate.unexpected_index[label] = list(res["unexpected_index_list"])
             (gate.failures if entry["severity"] == "hard" else gate.warnings).append(entry)
     gate.success = not gate.failures
-    gate.docs_path = str(workdir / docs) if docs else ""
+    gate.docs_path = docs_path
     gate.seconds = round(time.perf_counter() - started, 3)
     gate.result_path = str(report_dir / f"{name}.validation.json")
     write_json(Path(gate.result_path), {
         "checkpoint": checkpoint, "success": gate.success, "rows": gate.rows, "seconds": gate.seconds,
         "parameters": _jsonable(_trim(parameters or {})), "failures": gate.failures, "warnings": gate.warnings,
-        "data_docs": gate.docs_path, "checkpoint_result": _jsonable(_trim(result.describe_dict())),
+        "data_docs": gate.docs_path, "checkpoint_result": _jsonable(_trim(described)),
     })
     for line in gate.summary().splitlines():
         if gate.success:

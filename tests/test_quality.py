@@ -106,3 +106,50 @@ def test_gate_settings_env_override_and_bad_json(monkeypatch):
     monkeypatch.setenv("NIGHTLY_TOPN_GATES", "not json")
     with pytest.raises(ValueError, match="NIGHTLY_TOPN_GATES is not a JSON object"):
         gate_settings("raw_events")
+
+
+def test_a_gate_session_finds_what_run_gate_finds_without_data_docs(tmp_path):
+    from nightly_topn.quality import GateSession
+
+    frame = pd.DataFrame({"top_user_share": [0.9], "top_user_events": [900], "events": [1000]})
+    full = run_gate("raw_activity", frame, tmp_path / "full", {"max_user_share": 0.5})
+    with GateSession() as gates:
+        light = gates.run("raw_activity", frame, tmp_path / "light", {"max_user_share": 0.5})
+    assert [w["label"] for w in light.warnings] == [w["label"] for w in full.warnings] and light.warnings
+    assert full.docs_path and not light.docs_path and json.loads(open(light.result_path).read())["warnings"]
+
+
+def test_the_first_run_of_a_window_gates_every_day_that_feeds_the_model(root):
+    import datetime as dt
+
+    from conftest import SMALL_WINDOW, run_day
+
+    from nightly_topn.jobs.validate import gated_events
+    from nightly_topn.storage import Storage, read_json
+
+    result = run_day("2024-03-01", root, until="preprocess")
+    store = Storage.at(root)
+    days = [dt.date(2024, 3, 1) - dt.timedelta(days=k) for k in range(SMALL_WINDOW)]
+    assert all(gated_events(store, day) is not None for day in days)
+    assert len(result["validate"]["window"]["days"]) == SMALL_WINDOW - 1
+    inputs = read_json(store.partition("features", "2024-03-01") / "_manifest.json")["inputs"]
+    assert [p for p in inputs if "/raw/" in p and p.endswith("events.parquet")] == []  # only gated rows
+    assert run_day("2024-03-02", root, until="validate")["validate"]["window"]["days"] == []  # once is enough
+
+
+def test_a_bad_earlier_day_of_the_window_fails_the_run_in_one_line_and_is_moved_aside(root, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import run_day
+    from test_rules import WEEK, write_landing
+
+    source = write_landing(tmp_path / "landing", WEEK)
+    bad = tmp_path / "landing" / f"dt={WEEK[2]}" / "events.parquet"
+    events = pq.read_table(bad)
+    pq.write_table(events.set_column(2, "event_type", pa.array(["bogus"] * events.num_rows)), bad)
+    with pytest.raises(GateFailed) as failure:
+        run_day(WEEK[-1].isoformat(), root, source=source, train_window_days=7)
+    first = str(failure.value).splitlines()[0]
+    assert first.startswith(f"window day {WEEK[2]} of the {WEEK[-1]} run: raw events ") and "max_rejected_share" in first
+    assert not (root / "raw" / f"dt={WEEK[2]}").exists() and not (root / "features").exists()
+    assert list((root / "quarantine" / "rejected-raw").glob(f"dt={WEEK[2]}.*"))
