@@ -331,3 +331,25 @@ def test_corrupt_registry_file_is_bad_input_naming_it(tmp_path):
     (run / registry.INFO_FILE).write_text("[1, 2]")
     with pytest.raises(BadInput, match=r"model_info.json is not a JSON object \(a list\)$"):
         registry.model_info(store, "2024-01-06")
+
+
+@pytest.mark.parametrize("form", ["primal", "dual"])
+def test_ease_in_float32_and_in_place_matches_the_float64_closed_form(data, monkeypatch, form):
+    from nightly_topn.models import neighbours
+
+    X, _ = data
+    train = X if form == "primal" else X[:40]
+    G = (train.T @ train).toarray().astype(np.float64) + 20.0 * np.eye(train.shape[1])
+    P = np.linalg.inv(G)
+    B = -P / np.diag(P)
+    np.fill_diagonal(B, 0.0)
+    expected = np.asarray(X[40:60] @ B)
+    monkeypatch.setattr(neighbours, "FLOAT64_MAX_ELEMENTS", 0)  # what a 27K-item catalogue gets
+    monkeypatch.setattr(neighbours, "GRAM_BLOCK", 7)  # several blocks, a ragged last one
+    model = EASE(l2=20.0).fit(train)
+    assert model.dual == (form == "dual") and (model.P.dtype == np.float32) and model.diag_p.dtype == np.float32
+    got = model.score(np.arange(40, 60), X[40:60])
+    seen = X[40:60].toarray() > 0
+    scale = np.abs(expected[~seen]).max()
+    assert np.abs(got[~seen] - expected[~seen]).max() / scale < 1e-4
+    assert neighbours.ease_peak_bytes(100_000, 27_000) < 3.2e9  # float32: fits where float64 could not

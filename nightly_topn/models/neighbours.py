@@ -56,13 +56,65 @@ class ItemKNN(Recommender):
         self.known = arrays["known"].astype(bool)
 
 
+#: EASE computes in float64 while its dense matrix has at most this many elements (≤ 1 GB), in
+#: float32 above: half the memory, and the closed form's relative error stays ~1e-6 (a test).
+FLOAT64_MAX_ELEMENTS = 11_000 ** 2
+#: Rows of the Gram matrix built per sparse product (the product of a whole catalogue can hold
+#: most item pairs: as sparse it would cost more than the dense result).
+GRAM_BLOCK = 2048
+
+
+def dense_gram(A: sp.csr_matrix, dtype) -> np.ndarray:
+    """``A Aᵀ`` as a dense C-ordered array, ``GRAM_BLOCK`` rows at a time."""
+    At = sp.csc_matrix(A.T)
+    out = np.empty((A.shape[0], A.shape[0]), dtype=dtype)
+    for lo in range(0, A.shape[0], GRAM_BLOCK):
+        out[lo:lo + GRAM_BLOCK] = (A[lo:lo + GRAM_BLOCK] @ At).toarray()
+    return out
+
+
+def invert_in_place(A: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite ``A`` in ``A``'s own memory (LAPACK ``potrf``
+    then ``potri`` on its Fortran view; the triangle they leave is mirrored block by block)."""
+    from scipy.linalg import lapack
+
+    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (A,))
+    factor, info = potrf(A.T, lower=False, overwrite_a=True, clean=False)
+    if info == 0:
+        factor, info = potri(factor, lower=False, overwrite_c=True)
+    if info != 0 or not np.shares_memory(factor, A):
+        raise np.linalg.LinAlgError(f"EASE: the regularised Gram matrix is not positive definite (LAPACK info {info})")
+    n = len(A)
+    for lo in range(0, n, GRAM_BLOCK):  # A's lower triangle holds the inverse: mirror it upwards
+        hi = min(n, lo + GRAM_BLOCK)
+        A[lo:hi, hi:] = A[hi:, lo:hi].T
+        block = A[lo:hi, lo:hi]
+        upper = np.triu_indices(hi - lo, 1)
+        block[upper] = block.T[upper]
+    return A
+
+
+def ease_peak_bytes(n_users: int, n_items: int) -> int:
+    """What ``EASE.fit`` holds at its peak beyond its input: the dense matrix it inverts in place
+    (``min(users, items)``² elements, float64 up to ``FLOAT64_MAX_ELEMENTS`` else float32), a
+    float32 copy of it when computed in float64, the dual form's ``users × items`` product, and one
+    block of the Gram product. ``benchmarks/ease_memory.py`` compares it with measured peaks."""
+    dim = min(n_users, n_items)
+    size = 8 if dim * dim <= FLOAT64_MAX_ELEMENTS else 4
+    dense = dim * dim * size + (dim * dim * 4 if size == 8 else 0)
+    dual = n_users * n_items * size if n_users < n_items else 0
+    return dense + dual + min(GRAM_BLOCK, dim) * dim * (size + 12)
+
+
 class EASE(Recommender):
     """Embarrassingly shallow autoencoder (Steck 2019): ``B = I − P·diag(1/diag P)``, ``P = (XᵀX + λI)⁻¹``.
 
     Primal form (users ≥ items) keeps the dense ``items × items`` P. Dual form (users < items)
     uses ``P = (I − Xᵀ(XXᵀ + λI)⁻¹X)/λ`` and keeps X and the ``users × users`` inverse instead,
-    so memory follows min(users, items). Above ``max_dense_gb`` of dense working memory it
-    refuses with a clear error rather than swapping the machine to death.
+    so memory follows min(users, items). The dense matrix is built block by block and inverted
+    in place (Cholesky), in float32 for large catalogues: ~3 GB at 27K items. Above
+    ``max_dense_gb`` of estimated peak (``ease_peak_bytes``) it refuses with a clear error rather
+    than swapping the machine to death.
     """
 
     name = "ease"
@@ -71,33 +123,36 @@ class EASE(Recommender):
         super().__init__(l2=l2, max_dense_gb=max_dense_gb, confidence=check_scheme(confidence), **extra)
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "EASE":
-        X = weigh(interactions, self.params["confidence"])
+        X = sp.csr_matrix(weigh(interactions, self.params["confidence"]))
         n_users, n_items = X.shape
         lam = float(self.params["l2"])
         dim = min(n_users, n_items)
-        need_gb = 3 * 8 * dim * dim / 1e9  # gram + inverse (float64) + float32 copy, roughly
+        need_gb = ease_peak_bytes(n_users, n_items) / 1e9
         if need_gb > float(self.params["max_dense_gb"]):
             raise MemoryError(
-                f"EASE needs a dense {dim}×{dim} matrix (~{need_gb:.1f} GB) for {n_users} users × {n_items} items, "
-                f"above its limit max_dense_gb={self.params['max_dense_gb']}; use itemknn or als for data this large"
+                f"EASE needs a dense {dim}×{dim} matrix (~{need_gb:.1f} GB at its peak) for {n_users} users × "
+                f"{n_items} items, above its limit max_dense_gb={self.params['max_dense_gb']}; use itemknn or als "
+                f"for data this large"
             )
+        dtype = np.float64 if dim * dim <= FLOAT64_MAX_ELEMENTS else np.float32
         self.dual = n_users < n_items
         if not self.dual:
-            G = (X.T @ X).toarray().astype(np.float64)
-            G[np.diag_indices_from(G)] += lam
-            P = np.linalg.inv(G)
-            self.P = P.astype(np.float32)
+            P = dense_gram(sp.csr_matrix(X.T), dtype)
+            P[np.diag_indices_from(P)] += lam
+            invert_in_place(P)
             self.diag_p = np.diag(P).astype(np.float32)
+            self.P = P.astype(np.float32, copy=False)
             self.M = np.zeros((0, 0), dtype=np.float32)
             self.X = sp.csr_matrix((0, n_items), dtype=np.float32)
         else:
-            K = (X @ X.T).toarray().astype(np.float64)
-            K[np.diag_indices_from(K)] += lam
-            M = np.linalg.inv(K)
-            MX = M @ X.toarray()  # users × items, dense (users < items here)
+            M = dense_gram(X, dtype)
+            M[np.diag_indices_from(M)] += lam
+            invert_in_place(M)
+            MX = np.asarray(sp.csr_matrix(X.T, dtype=dtype) @ M).T  # (M X): users × items, dense
             diag_xmx = np.asarray(X.multiply(MX).sum(axis=0)).ravel()
+            del MX
             self.diag_p = ((1.0 - diag_xmx) / lam).astype(np.float32)
-            self.M = M.astype(np.float32)
+            self.M = M.astype(np.float32, copy=False)
             self.X = X
             self.P = np.zeros((0, 0), dtype=np.float32)
         self.known = np.diff(X.indptr) > 0
