@@ -15,7 +15,8 @@ follow tastes) are written as preprocess writes them (``item_categories.parquet`
 * ``all``: that, plus 5 blocked items per user (692K block rules) and a segment "eu" (every
   third user) whose allow-list holds 80 % of the catalogue;
 * ``mmr``: no rules, MMR re-ranking at ``--strength`` (default 0.3) from ``diversity.candidates(N)``
-  candidates per user.
+  candidates per user;
+* ``similar``: the similar items (K = 20) of every item with the same model (``nightly_topn.similar``).
 
 Each configuration runs the kernel (``TopNScorer`` over all users in memory, in the pipeline's
 thread setting) and the real top-N job (Beam pipeline to Parquet, timed by the job), each in a
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
     parser.add_argument("--top-n", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--strength", type=float, default=0.3, help="MMR strength of the mmr configuration")
-    parser.add_argument("--kinds", default="off,exclude,all,mmr", help="configurations to run (off always runs)")
+    parser.add_argument("--kinds", default="off,exclude,all,mmr,similar",
+                        help="configurations to run (off always runs; similar: the similar-items step)")
     parser.add_argument("--json", help="also write all figures to this JSON file")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
@@ -128,7 +130,7 @@ def main(argv=None) -> int:
                                    factors=data["spec"]["factors"], items=data["spec"]["items"])
     print(f"data: {data['spec']['users']} users x {data['spec']['items']} items, {data['nnz']:,} interactions, "
           f"top-{args.top_n}", flush=True)
-    kinds = tuple(dict.fromkeys(["off", *filter(None, args.kinds.split(","))]))
+    kinds = tuple(dict.fromkeys(["off", *(k for k in args.kinds.split(",") if k and k != "similar")]))
     runs = {k: {"kernel": [], "pipeline": []} for k in kinds}
     stats = {}
     from nightly_topn.features import ITEM_CATEGORIES
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
     finally:  # the top-N benchmark's root stays as it built it
         land_rules(root, "off")
         (root / "features" / f"dt={DATE}" / ITEM_CATEGORIES).unlink(missing_ok=True)
+    similar = topn_benchmark.run_task("similar", task_args) if "similar" in args.kinds.split(",") else None
     best = {k: {t: max(r, key=lambda x: x["users_per_s"]) for t, r in v.items()} for k, v in runs.items()}
     print(f"\n{'shaping':10s} {'kernel users/s':>15s} {'x off':>7s} {'job users/s':>12s} {'x off':>7s} "
           f"{'job RSS MiB':>12s} {'violations':>11s} {'short lists':>12s} {'diversity':>10s}")
@@ -162,10 +165,13 @@ def main(argv=None) -> int:
             print(f"{kind}: {json.dumps(stats[kind])}")
     if "mmr" in best:
         print(f"mmr: strength {args.strength}, {best['mmr']['kernel']['users']} users")
+    if similar:
+        print(f"similar items: {similar['items']} items x 20 by {similar['method']} in {similar['seconds']:.1f} s "
+              f"(peak RSS {similar['peak_rss_mib']:.0f} MiB, {similar['short_lists']} short lists)")
     print("(x off: time with rules / time without, from the best of each; kernel = scoring only, "
           "job = the top-N job end to end to Parquet)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"runs": runs, "rules": stats}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"runs": runs, "rules": stats, "similar": similar}, indent=2, default=str))
     return 0
 
 

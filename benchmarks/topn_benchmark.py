@@ -251,7 +251,21 @@ def task_naive(args):
     return {"users": args.sample, "seconds": time.perf_counter() - started}
 
 
-TASKS = {"bound": task_bound, "kernel": task_kernel, "implicit": task_implicit, "pipeline": task_pipeline,
+def task_similar(args):
+    """Similar items (``nightly_topn.similar``) of every item with the benchmark's ALS, K = 20."""
+    from nightly_topn.scoring import configure_threads
+    from nightly_topn.similar import similar_items
+
+    threads = configure_threads(args.threads or None)
+    history, model = _load(args.root)
+    started = time.perf_counter()
+    idx, _, method = similar_items(model, history, 20)
+    seconds = time.perf_counter() - started
+    return {"items": int(idx.shape[0]), "seconds": seconds, "users_per_s": idx.shape[0] / seconds,
+            "method": method, "threads": threads, "short_lists": int((idx < 0).any(axis=1).sum())}
+
+
+TASKS = {"similar": task_similar, "bound": task_bound, "kernel": task_kernel, "implicit": task_implicit, "pipeline": task_pipeline,
          "naive": task_naive, "select": task_select}
 
 

@@ -235,6 +235,29 @@ def nightly_topn():
         get_current_context()["outlet_events"][TOPN_LISTS].extra = event_extra(result)
         return result
 
+    @task
+    def similar(date: str) -> str | None:
+        """**Similar items**: every catalogue item's most similar items from the chosen model into a
+        new version ``similar/dt=D/v=ATTEMPT/`` (off when ``similar_items`` is 0)."""
+        return _job("similar", date)["path"]
+
+    @task
+    def validate_similar(date: str, version: str | None) -> str | None:
+        """**Similar-items gate** (Great Expectations): one list per catalogue item, at most K distinct
+        items, never itself nor an excluded item, scores non-increasing; records its verdict."""
+        return _job("validate_similar", date, version=version)["version"]
+
+    @task(retries=2, retry_delay=dt.timedelta(seconds=10), retry_exponential_backoff=2.0)
+    def publish_similar(date: str, version: str | None) -> dict:
+        """**Publish similar items**: point ``similar/CURRENT.json`` at the version its gate passed
+        (skipped when nothing went live: off, dry run, an older date)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        result = _job("publish_similar", date, version=version)
+        if not result["published"]:
+            raise AirflowSkipException(f"nothing went live: {result.get('reason') or result['pointer']['reason']}")
+        return result
+
     date = ingest()
     raw_gate, quality_gate = validate_raw(date), evaluate(date)
     raw_gate >> preprocess(date) >> validate_features(date) >> train(date) >> quality_gate
@@ -242,6 +265,9 @@ def nightly_topn():
     version = topn(date)
     quality_gate >> version
     publish(date, validate_topn(date, version))
+    similar_version = similar(date)
+    quality_gate >> similar_version
+    publish_similar(date, validate_similar(date, similar_version))
 
 
 nightly_topn()

@@ -218,12 +218,41 @@ def topn() -> list:
     ]
 
 
+def similar() -> list:
+    """The similar items of a version, one row per (item, rank) (``validate_similar`` builds it)."""
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column="item_id", meta=hard("a row without its item")),
+        gxe.ExpectColumnUniqueValueCountToBeBetween(column="item_id", min_value=P("n_items"), max_value=P("n_items"),
+                                                    meta=hard("one row per catalogue item")),
+        gxe.ExpectColumnValuesToNotBeNull(column="source_index", meta=hard("a row for an item not in the catalogue")),
+        gxe.ExpectColumnValuesToNotBeNull(column="item_index", row_condition="n_items > 0", condition_parser="pandas",
+                                          meta=hard("a similar item that is not in the catalogue")),
+        gxe.ExpectColumnValuesToBeNull(column="self_pair", meta=hard("an item listed as similar to itself")),
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["item_id", "similar_id"],
+                                            meta=hard("an item twice in one list")),
+        gxe.ExpectColumnValuesToBeBetween(column="score_drop", min_value=0.0,
+                                          meta=hard("scores must be non-increasing down the list")),
+        gxe.ExpectColumnValuesToBeBetween(column="n_items", min_value=0, max_value=P("k"),
+                                          meta=hard("at most K similar items per item")),
+        gxe.ExpectColumnPairValuesToBeEqual(column_A="n_items", column_B="n_scores", meta=hard("one score per item")),
+        gxe.ExpectColumnValuesToBeNull(column="excluded_pair",
+                                       meta=hard("an item the candidate rules exclude for everyone")),
+        gxe.ExpectColumnValuesToBeBetween(column="n_items", min_value=1, mostly=0.9,
+                                          meta=soft("more than 10 % of the items have no similar item")),
+        gxe.ExpectColumnValuesToBeInSet(column="model_version", value_set=P("model_versions"),
+                                        meta=hard("model version differs from the trained model")),
+        gxe.ExpectColumnValuesToBeInSet(column="logical_date", value_set=P("dates"),
+                                        meta=hard("logical date differs from the run date")),
+    ]
+
+
 GATES = {
     "raw_events": (raw_events, {"result_format": "COMPLETE", "partial_unexpected_count": 20}),
     "raw_rules": (raw_rules, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "raw_activity": (raw_activity, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "features": (features, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
     "topn": (topn, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
+    "similar": (similar, {"result_format": "SUMMARY", "partial_unexpected_count": 20}),
 }
 
 

@@ -19,11 +19,13 @@ def steps():
     from nightly_topn.jobs.rolling_eval import rolling_eval
     from nightly_topn.jobs.topn import topn
     from nightly_topn.jobs.train import train
-    from nightly_topn.jobs.validate import validate_features, validate_raw, validate_topn
+    from nightly_topn.jobs.similar import publish_similar, similar
+    from nightly_topn.jobs.validate import validate_features, validate_raw, validate_similar, validate_topn
 
     return [("ingest", ingest), ("validate", validate_raw), ("rolling_eval", rolling_eval), ("preprocess", preprocess),
             ("validate_features", validate_features), ("train", train), ("evaluate", evaluate), ("topn", topn),
-            ("validate_topn", validate_topn), ("publish", publish)]
+            ("validate_topn", validate_topn), ("publish", publish), ("similar", similar),
+            ("validate_similar", validate_similar), ("publish_similar", publish_similar)]
 
 
 def preflight(params) -> None:
@@ -58,14 +60,16 @@ def run_day(date, *, root=None, source=None, params=None, run_id: str | None = N
     params = params or RunParams()
     preflight(params)
     run_id = run_id or f"cli__{uuid.uuid4().hex[:12]}"
-    version = None
+    versions = {}  # what topn / similar wrote: the gate and publish after them take exactly it
     for name, _ in steps():
         kwargs = {}
         if name == "ingest":
             kwargs["source"] = source
         if name in ("validate_topn", "publish"):
-            kwargs["version"] = version
+            kwargs["version"] = versions.get("topn")
+        if name in ("validate_similar", "publish_similar"):
+            kwargs["version"] = versions.get("similar")
         result = run_job(name, date, root=root, params=params, run_id=run_id, **kwargs)
-        if name == "topn":
-            version = result["path"]
+        if name in ("topn", "similar"):
+            versions[name] = result["path"]
         yield name, result

@@ -25,17 +25,17 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "_index.parquet"
 
 
-def lookup_index(directory, files: list[str]) -> pa.Table:
-    """Row-group directory of the part files: ``file, row_group, first_row, num_rows, min_user_id,
-    max_user_id``, sorted by user id. The first/last id come from the row group's statistics, or,
-    where a writer left none (Parquet drops them for long values), from the row group's own
-    ``user_id`` column, so every part file can be indexed. Raises if ranges overlap (lookups rely
-    on disjoint, sorted ranges)."""
+def lookup_index(directory, files: list[str], key: str = "user_id") -> pa.Table:
+    """Row-group directory of the part files: ``file, row_group, first_row, num_rows, min_KEY,
+    max_KEY`` (``key``: ``user_id`` for the lists, ``item_id`` for similar items), sorted by key.
+    The first/last key come from the row group's statistics, or, where a writer left none
+    (Parquet drops them for long values), from the row group's own ``key`` column, so every part
+    file can be indexed. Raises if ranges overlap (lookups rely on disjoint, sorted ranges)."""
     rows = []
     for name in files:
         handle = pq.ParquetFile(f"{directory}/{name}")
         meta = handle.metadata
-        column = meta.schema.to_arrow_schema().get_field_index("user_id")
+        column = meta.schema.to_arrow_schema().get_field_index(key)
         first = 0
         for rg in range(meta.num_row_groups):
             group = meta.row_group(rg)
@@ -43,15 +43,15 @@ def lookup_index(directory, files: list[str]) -> pa.Table:
             if stats is not None and stats.has_min_max:
                 low, high = stats.min, stats.max
             else:
-                ids = handle.read_row_group(rg, columns=["user_id"]).column(0)
+                ids = handle.read_row_group(rg, columns=[key]).column(0)
                 low, high = pc.min(ids).as_py(), pc.max(ids).as_py()
             rows.append((low, high, name, rg, first, group.num_rows))
             first += group.num_rows
     rows.sort()
     for prev, cur in zip(rows, rows[1:]):
         if cur[0] <= prev[1]:
-            raise BadInput(f"user id ranges overlap: {prev[2]}#{prev[3]} and {cur[2]}#{cur[3]}")
-    names = ["min_user_id", "max_user_id", "file", "row_group", "first_row", "num_rows"]
+            raise BadInput(f"{key} ranges overlap: {prev[2]}#{prev[3]} and {cur[2]}#{cur[3]}")
+    names = [f"min_{key}", f"max_{key}", "file", "row_group", "first_row", "num_rows"]
     types = [pa.string(), pa.string(), pa.string(), pa.int32(), pa.int64(), pa.int64()]
     return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types))})
 

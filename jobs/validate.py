@@ -191,7 +191,9 @@ def _validate_rules(store: Storage, date: dt.date, partition: Path, reports: Pat
 def validate_window(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None) -> dict:
     """The raw gate of every earlier day of ``date``'s training window that has not passed it (the
     first run of a window, a day landed by a later ingest), so every day that feeds a model has
-    passed the raw gate. Each day is gated under its own date lock (taken in descending date
+    passed the raw gate: row by row and for duplicates. Volume is not judged for them: a past day's
+    volume is the feed's own history (a drop or spike is caught on the day it lands as a run date;
+    re-landing a quiet day of the past would only fail again). Each day is gated under its own date lock (taken in descending date
     order only, so two runs cannot wait on each other); a failing day fails the run in one line
     naming it, and is moved aside like any failed day, so the next run re-lands it."""
     from nightly_topn.quality import GateSession
@@ -200,7 +202,9 @@ def validate_window(date, *, root=None, params: RunParams = RunParams(), setting
     date = as_date(date)
     store = Storage.at(root)
     first = date - dt.timedelta(days=params.train_window_days - 1)
-    days = [d for d in store.dates("raw") if first <= d < date and gated_events(store, d) is None]
+    # an empty past day feeds nothing (and "empty" is a check of a feed's arrival, judged on its own run date)
+    days = [d for d in store.dates("raw") if first <= d < date and gated_events(store, d) is None
+            and read_json(store.partition("raw", d) / MANIFEST).get("tables", {}).get("events", {}).get("rows", 1)]
     results, started = [], time.perf_counter()
     if not days:
         return {"days": [], "rejected_rows": 0, "warned": [], "seconds": 0.0}
@@ -242,6 +246,8 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
     rules = _validate_rules(store, date, partition, reports, run_gate_)
     frame = read_table(path).to_pandas()
     parameters = raw_parameters(store, date, settings)
+    if gates is not None:  # an earlier day of a window (validate_window): volume is not judged
+        parameters.update({k: None for k in parameters if k.startswith("volume_")})
     what = f"raw events {path} ({len(frame)} rows)"
     shutil.rmtree(store.partition("clean", date), ignore_errors=True)  # never leave a stale accepted set
     gate = run_gate_("raw_events", frame, reports, parameters)
@@ -502,3 +508,61 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
     return {"date": date.isoformat(), "outcome": "warned" if gate.warnings else "passed", "version": str(version),
             "rows": len(frame), "warnings": [w["label"] for w in gate.warnings], "result": gate.result_path,
             "data_docs": gate.docs_path, "seconds": gate.seconds}
+
+
+def similar_frame(version: Path, features_dir: Path, rules: LandedRules) -> pd.DataFrame:
+    """One row per (item, rank) of a similar-items version: ``item_id``, ``similar_id``, ``rank``,
+    ``score``, ``score_drop``, ``n_items``/``n_scores``, ``self_pair``/``excluded_pair`` (non-null
+    when the item lists itself / an item excluded for everyone), ``source_index``/``item_index``
+    (null when not in the item map), ``model_version``, ``logical_date``; an empty list keeps one row."""
+    parts = sorted(version.glob("part-*.parquet"))
+    if not parts:
+        raise MissingPartition(f"similar-items version {version} has no part files")
+    lists = pa.concat_tables([read_table(p) for p in parts]).to_pandas()
+    catalogue = read_table(features_dir / "item_map.parquet").to_pandas()
+    lists["n_items"] = lists["item_ids"].map(len).astype("int64")
+    lists["n_scores"] = lists["scores"].map(len).astype("int64")
+    empty = lists["n_items"] == 0
+    lists["item_ids"] = [[None] if e else list(v) for v, e in zip(lists["item_ids"], empty)]
+    lists["scores"] = [[np.nan] if e else list(v) for v, e in zip(lists["scores"], empty)]
+    lists["rank"] = [list(range(len(v))) for v in lists["item_ids"]]
+    long = lists.explode(["item_ids", "scores", "rank"], ignore_index=True).rename(
+        columns={"item_ids": "similar_id", "scores": "score"})
+    long["score"] = pd.to_numeric(long["score"], errors="coerce").astype("float64")
+    long["score_drop"] = long.groupby("item_id", sort=False)["score"].shift(1) - long["score"]
+    same = long["similar_id"].notna() & (long["similar_id"] == long["item_id"])
+    long["self_pair"] = np.where(same, long["item_id"], None)
+    gone = long["similar_id"].notna() & long["similar_id"].isin(rules.gone)
+    long["excluded_pair"] = np.where(gone, long["item_id"] + "/" + long["similar_id"].fillna(""), None)
+    index = catalogue.set_index("item_id")["item_index"]
+    long["source_index"] = long["item_id"].map(index)
+    long["item_index"] = long["similar_id"].map(index)
+    long["logical_date"] = long["logical_date"].astype("string").astype("str")
+    return long
+
+
+def validate_similar(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None,
+                     version: str | None = None) -> dict:
+    """Gate on one similar-items version of ``date`` (``version``, else the newest) before
+    ``publish_similar``; its verdict is recorded inside the version, as for the lists."""
+    date = as_date(date)
+    if not params.similar_items:
+        return {"date": date.isoformat(), "outcome": "skipped", "version": None}
+    store = Storage.at(root)
+    version = store.version(date, version, "similar") if version else store.newest_version(date, "similar")
+    manifest = read_json(version / MANIFEST)
+    features_dir = store.partition("features", date)
+    frame = similar_frame(version, features_dir, LandedRules(store.partition("raw", date), date))
+    parameters = {"n_items": pq.read_metadata(features_dir / "item_map.parquet").num_rows,
+                  "k": int(manifest.get("k") or params.similar_items),
+                  "model_versions": [manifest.get("model_version")], "dates": [date.isoformat()]}
+    gate = run_gate("similar", frame, store.partition("reports", date), parameters, name=f"similar.{version.name}")
+    try:
+        require(gate, f"similar items {version} ({parameters['n_items']} items, K={parameters['k']})")
+    except GateFailed as exc:
+        store.record_verdict(version, passed=False, result=gate.result_path, reason=str(exc))
+        raise
+    store.record_verdict(version, passed=True, result=gate.result_path)
+    return {"date": date.isoformat(), "outcome": "warned" if gate.warnings else "passed", "version": str(version),
+            "rows": len(frame), "warnings": [w["label"] for w in gate.warnings], "result": gate.result_path,
+            "seconds": gate.seconds}

@@ -30,9 +30,9 @@ def _add_params(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--root", help="storage root (default $NIGHTLY_TOPN_ROOT or ./var/data)")
     if name in ("ingest", "run"):
         parser.add_argument("--source", help="data source spec (default $NIGHTLY_TOPN_SOURCE or 'generated')")
-    if name in ("validate_topn", "publish"):
-        parser.add_argument("--version", help="the top-N version (topn/dt=D/v=...) to check or publish "
-                                              "(default: the date's newest)")
+    if name in ("validate_topn", "publish", "validate_similar", "publish_similar"):
+        parser.add_argument("--version", help="the version (topn/dt=D/v=... or similar/dt=D/v=...) to check or "
+                                              "publish (default: the date's newest)")
     for field in dataclasses.fields(RunParams):
         metavar = "BOOL" if field.type in ("bool", bool) else None
         # Values stay strings here: RunParams validates and converts them, with its bounds.
@@ -56,8 +56,10 @@ def main(argv=None) -> int:
     for name, _ in steps():
         _add_params(sub.add_parser(name, help=f"run the {name} job for one date"), name)
     _add_params(sub.add_parser("run", help="run every job of one date in order"), "run")
-    look = sub.add_parser("lookup", help="print one user's published top-N as JSON")
-    look.add_argument("user_id")
+    look = sub.add_parser("lookup", help="print one user's published top-N (or, with --item, an item's similar "
+                                         "items) as JSON")
+    look.add_argument("user_id", nargs="?", help="the user whose list to print")
+    look.add_argument("--item", help="print this item's published similar items instead")
     look.add_argument("--date", help="a given date's (gated) lists instead of the live ones")
     look.add_argument("--root")
     export = sub.add_parser("export", help="write every published list to a file (bulk load of a KV store)")
@@ -122,9 +124,14 @@ def _dispatch(args) -> int:
               access_log=args.access_log)
         return 0
     if args.command == "lookup":
-        from nightly_topn.lookup import lookup
+        from nightly_topn.errors import ConfigError
+        from nightly_topn.lookup import lookup, lookup_similar
 
-        row = lookup(args.user_id, root=args.root, date=args.date and as_date(args.date))
+        if (args.user_id is None) == (args.item is None):
+            raise ConfigError("lookup takes a user id, or --item ITEM_ID for an item's similar items (not both)")
+        date = args.date and as_date(args.date)
+        row = lookup_similar(args.item, root=args.root, date=date) if args.item else \
+            lookup(args.user_id, root=args.root, date=date)
         print(json.dumps(row, indent=2))
         return 0 if row else 1
     if args.command == "export":

@@ -185,6 +185,10 @@ class RunParams:
         ge=0.0, le=0.9,
         description="MMR re-ranking of the published lists: 0 = plain ranking; higher trades relevance for "
                     "lists that span more item categories (the report shows what it costs in NDCG).")] = 0.0
+    similar_items: Annotated[int, Field(
+        ge=0, le=200,
+        description="Similar items published per catalogue item (from the chosen model), looked up with "
+                    "'nightly-topn lookup --item'; 0 = none.")] = 20
     beam_running_mode: Annotated[Literal["deployment", "in_memory", "multi_threading", "multi_processing"], Field(
         description="How the local Beam runner executes this run's top-N step: 'deployment' = as the "
                     "deployment's $NIGHTLY_TOPN_BEAM_ARGS says; 'multi_processing' spreads it over "

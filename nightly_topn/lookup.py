@@ -42,12 +42,19 @@ def _pointer_naming(directory: Path) -> Path | None:
     return store.pointer_path() if named and (store.root / named).resolve() == directory.resolve() else None
 
 
+#: The key column of each published product's part files.
+KEYS = {"topn": "user_id", "similar": "item_id"}
+
+
 class TopNReader:
-    def __init__(self, directory: str | Path, *, cache_row_groups: int = 16):
+    """Point lookups in one published version: a user's list, or (``key="item_id"``) an item's
+    similar items."""
+
+    def __init__(self, directory: str | Path, *, cache_row_groups: int = 16, key: str = "user_id"):
         """Open the version ``directory``: its manifest, its ``_index.parquet`` sidecar and the
         part files they name must all be there (``MissingPartition`` naming what is not, and the
         published pointer when it names this version); a corrupt manifest or sidecar is ``BadInput``."""
-        self.directory = Path(directory)
+        self.directory, self.key = Path(directory), key
         if not self.directory.is_dir():
             raise self._missing(f"top-N version {self.directory} does not exist")
         manifest_path = self.directory / MANIFEST
@@ -64,7 +71,7 @@ class TopNReader:
         if not sidecar.is_file():
             raise self._missing(no_sidecar)
         # (min id, max id, file, row group), sorted by min id.
-        columns = ["min_user_id", "max_user_id", "file", "row_group"]
+        columns = [f"min_{key}", f"max_{key}", "file", "row_group"]
         try:
             table = pq.read_table(sidecar, columns=columns)
             cols = [table.column(c).to_pylist() for c in columns]
@@ -91,15 +98,17 @@ class TopNReader:
         return MissingPartition(f"{problem}; the published pointer {pointer} names it" if pointer else problem)
 
     @classmethod
-    def published(cls, root=None, date=None) -> "TopNReader":
-        """The live lists, or those of ``date`` (its newest version that passed the top-N gate)."""
+    def published(cls, root=None, date=None, product: str = "topn") -> "TopNReader":
+        """The live lists (or ``product``: ``similar``), or those of ``date`` (its newest version
+        that passed its gate)."""
         store = Storage.at(root)
         if date is None:
-            pointer = store.published()
+            pointer = store.published(product)
             if pointer is None:
-                raise MissingPartition(f"nothing is published under {store.root} (no {store.pointer_path().name})")
-            return cls(store.root / pointer["path"])
-        return cls(store.newest_gated_version(as_date(date)))
+                raise MissingPartition(f"nothing is published under {store.root / product} "
+                                       f"(no {store.pointer_path(product).name})")
+            return cls(store.root / pointer["path"], key=KEYS[product])
+        return cls(store.newest_gated_version(as_date(date), product), key=KEYS[product])
 
     def _row_group(self, path: Path, rg: int):
         key = (path, rg)
@@ -114,7 +123,7 @@ class TopNReader:
             # One thread: decoding ~100 rows is faster than handing it to a pool, and a lookup service
             # should not wait on pool threads that a busy machine may not schedule (tail latency).
             group = handle.read_row_group(rg, use_threads=False)
-            group.column("user_id")
+            group.column(self.key)
         except _PART_ERRORS as exc:
             raise self._part_error(path, exc) from exc
         self._groups[key] = group
@@ -130,13 +139,14 @@ class TopNReader:
         return BadInput(f"cannot read part file {path}: corrupt or not a top-N Parquet file ({cause_of(exc)})")
 
     def get(self, user_id: str) -> dict | None:
-        """The user's row (item_ids, scores, source, model_version, logical_date), or None."""
+        """The user's row (item_ids, scores, source, model_version, logical_date), or None; with
+        ``key="item_id"``, the item's row of similar items."""
         pos = bisect.bisect_right(self._mins, user_id) - 1
         if pos < 0 or user_id > self.index[pos][1]:
             return None
         _, _, path, rg = self.index[pos]
         group = self._row_group(path, rg)
-        at = pc.index(group.column("user_id"), user_id).as_py()  # C-speed scan of one row group (~128 ids)
+        at = pc.index(group.column(self.key), user_id).as_py()  # C-speed scan of one row group (~128 ids)
         if at < 0:
             return None
         row = group.slice(at, 1).to_pylist()[0]
@@ -232,6 +242,11 @@ def json_lines(rows: list[dict], fmt: str) -> str:
 
 def lookup(user_id: str, *, root=None, date=None) -> dict | None:
     return TopNReader.published(root, date).get(user_id)
+
+
+def lookup_similar(item_id: str, *, root=None, date=None) -> dict | None:
+    """The live similar items of ``item_id`` (or those of ``date``), None for an unknown item."""
+    return TopNReader.published(root, date, product="similar").get(item_id)
 
 
 def export(out, *, root=None, date=None, fmt: str = "jsonl") -> int:

@@ -145,6 +145,19 @@ ITEM_CATEGORIES = pa.schema(
     metadata={"contract": "item-categories", "version": "1"},
 )
 
+#: Published similar items: one row per catalogue item, its most similar items best first
+#: (``nightly_topn.similar``), sorted by ``item_id``.
+SIMILAR = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("item_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("scores", pa.list_(pa.float32()), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("logical_date", pa.date32(), nullable=False),
+    ],
+    metadata={"contract": "similar-items", "version": "1"},
+)
+
 #: Published top-N: one row per user, items ranked best first.
 TOPN = pa.schema(
     [

@@ -10,6 +10,7 @@ Layout under the root (see README)::
     topn/dt=YYYY-MM-DD/v=VERSION/part-*.parquet   top-N output, one immutable version per attempt
     reports/dt=YYYY-MM-DD/...                validation results, metrics, data docs
     topn/CURRENT.json                        the published pointer readers follow
+    similar/dt=YYYY-MM-DD/v=VERSION/, similar/CURRENT.json   similar items: versions and their own pointer
 
 Every partition is written to a staging directory next to its target, flushed to disk
 (``fsync`` of its files and of the parent directory) and renamed into place, so a partition is
@@ -43,7 +44,9 @@ from nightly_topn import __version__
 from nightly_topn.config import storage_root
 from nightly_topn.errors import BadInput, ConfigError, MissingPartition, PublishRefused
 
-KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "reports", "alerts")
+KINDS = ("raw", "quarantine", "clean", "features", "models", "topn", "similar", "reports", "alerts")
+#: What is published, each with its own versions, gate verdicts and pointer: name in messages, its gate.
+PRODUCTS = {"topn": ("top-N", "validate_topn"), "similar": ("similar-items", "validate_similar")}
 MANIFEST = "_manifest.json"
 POINTER = "CURRENT.json"
 #: Every move of the pointer (publish and rollback), one JSON line each, next to the pointer.
@@ -158,60 +161,60 @@ class Storage:
         return manifest
 
     # -- published pointer -------------------------------------------------------------------
-    def pointer_path(self) -> Path:
-        return self.root / "topn" / POINTER
+    def pointer_path(self, product: str = "topn") -> Path:
+        return self.root / product / POINTER
 
-    def published(self) -> dict | None:
+    def published(self, product: str = "topn") -> dict | None:
         """The pointer readers follow, or None when nothing was published yet."""
-        path = self.pointer_path()
+        path = self.pointer_path(product)
         if not path.is_file():
             return None
         return json.loads(path.read_text())
 
-    def pointer_history(self) -> list[dict]:
+    def pointer_history(self, product: str = "topn") -> list[dict]:
         """Every pointer this root has had, oldest first (``action``: publish or rollback)."""
-        path = self.pointer_path().with_name(POINTER_HISTORY)
+        path = self.pointer_path(product).with_name(POINTER_HISTORY)
         if not path.is_file():
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def rolled_back(self) -> set[str]:
+    def rolled_back(self, product: str = "topn") -> set[str]:
         """Versions (root-relative paths) a rollback moved the pointer away from: never published again."""
-        return {entry["rolled_back_from"] for entry in self.pointer_history() if entry.get("rolled_back_from")}
+        return {entry["rolled_back_from"] for entry in self.pointer_history(product) if entry.get("rolled_back_from")}
 
-    def move_pointer(self, pointer: dict, action: str) -> dict:
+    def move_pointer(self, pointer: dict, action: str, product: str = "topn") -> dict:
         """Write ``pointer`` (atomic rename) and append it to the history. Callers hold the publish lock."""
-        write_json(self.pointer_path(), pointer)
-        with self.pointer_path().with_name(POINTER_HISTORY).open("a") as out:
+        write_json(self.pointer_path(product), pointer)
+        with self.pointer_path(product).with_name(POINTER_HISTORY).open("a") as out:
             out.write(json.dumps({**pointer, "action": action}, sort_keys=True, default=str) + "\n")
             out.flush()
             os.fsync(out.fileno())
         return pointer
 
     # -- top-N versions and the gate's verdict ---------------------------------------------
-    def versions(self, date) -> list[Path]:
-        """Complete (manifested) top-N versions of ``date``, oldest first."""
-        base = self.partition("topn", date)
+    def versions(self, date, product: str = "topn") -> list[Path]:
+        """Complete (manifested) versions of ``date`` (top-N lists, or ``product``), oldest first."""
+        base = self.partition(product, date)
         if not base.is_dir():
             return []
         return sorted(p for p in base.glob("v=*") if (p / MANIFEST).is_file())
 
-    def newest_version(self, date) -> Path:
-        versions = self.versions(date)
+    def newest_version(self, date, product: str = "topn") -> Path:
+        versions = self.versions(date, product)
         if not versions:
-            raise MissingPartition(f"no complete top-N version for {as_date(date)} under "
-                                   f"{self.partition('topn', date)}; run topn first")
+            raise MissingPartition(f"no complete {PRODUCTS[product][0]} version for {as_date(date)} under "
+                                   f"{self.partition(product, date)}; run {product} first")
         return versions[-1]
 
-    def version(self, date, path: str | os.PathLike) -> Path:
+    def version(self, date, path: str | os.PathLike, product: str = "topn") -> Path:
         """The version directory ``path`` (absolute, or relative to the root) of ``date``; refuses
         a path outside ``topn/dt=D/`` or one that is not a complete version."""
         resolved = self.inside(path)
-        if resolved.parent != self.partition("topn", date) or not resolved.name.startswith("v="):
-            raise ConfigError(f"version {str(path)!r} is not a top-N version of {as_date(date)} "
-                              f"(expected {self.partition('topn', date)}/v=...)")
+        if resolved.parent != self.partition(product, date) or not resolved.name.startswith("v="):
+            raise ConfigError(f"version {str(path)!r} is not a {PRODUCTS[product][0]} version of {as_date(date)} "
+                              f"(expected {self.partition(product, date)}/v=...)")
         if not (resolved / MANIFEST).is_file():
-            raise MissingPartition(f"top-N version {resolved} is missing or incomplete (no {MANIFEST})")
+            raise MissingPartition(f"{PRODUCTS[product][0]} version {resolved} is missing or incomplete (no {MANIFEST})")
         return resolved
 
     def record_verdict(self, version: Path, *, passed: bool, result: str, reason: str = "") -> dict:
@@ -224,44 +227,45 @@ class Storage:
 
     def verdict_problem(self, version: Path) -> str | None:
         """Why ``version`` may not be published (no verdict, failed, changed since), or None."""
+        gate = PRODUCTS[version.parent.parent.name][1] if version.parent.parent.name in PRODUCTS else "its gate"
         path = version / VERDICT
         if not path.is_file():
-            return f"{version} was never checked by validate_topn"
+            return f"{version} was never checked by {gate}"
         try:
             verdict = read_json(path)
         except ValueError:
             return f"{path} is not valid JSON"
         if not verdict.get("passed"):
-            return f"{version} failed validate_topn: {verdict.get('reason', '')}".split("\n")[0]
+            return f"{version} failed {gate}: {verdict.get('reason', '')}".split("\n")[0]
         if verdict.get("manifest_sha256") != _sha256(version / MANIFEST):
-            return f"{version} changed after validate_topn checked it"
+            return f"{version} changed after {gate} checked it"
         now, was = _fingerprints(version), verdict.get("files", {})
         missing = sorted(set(was) - set(now))
         if missing:
             return f"{version} lost {len(missing)} part file(s) after it was checked, e.g. {missing[0]}"
         changed = sorted(f for f in was if now[f] != was[f])
         if changed:
-            return f"{version}: {len(changed)} file(s) changed after validate_topn checked them, e.g. {changed[0]}"
+            return f"{version}: {len(changed)} file(s) changed after {gate} checked them, e.g. {changed[0]}"
         return None
 
-    def newest_gated_version(self, date) -> Path:
+    def newest_gated_version(self, date, product: str = "topn") -> Path:
         """The newest version of ``date`` that its gate passed (what ``lookup --date`` reads)."""
-        for version in reversed(self.versions(date)):
+        for version in reversed(self.versions(date, product)):
             if self.verdict_problem(version) is None:
                 return version
-        raise MissingPartition(f"no top-N version of {as_date(date)} passed validate_topn "
-                               f"(under {self.partition('topn', date)})")
+        raise MissingPartition(f"no {PRODUCTS[product][0]} version of {as_date(date)} passed {PRODUCTS[product][1]} "
+                               f"(under {self.partition(product, date)})")
 
-    def gated_version(self, date, path: str | os.PathLike | None = None) -> Path:
+    def gated_version(self, date, path: str | os.PathLike | None = None, product: str = "topn") -> Path:
         """The version to publish: ``path`` when given, else the newest complete version of
         ``date``; refused (``PublishRefused``) unless the gate passed exactly that version."""
-        version = self.version(date, path) if path else self.newest_version(date)
+        version = self.version(date, path, product) if path else self.newest_version(date, product)
         problem = self.verdict_problem(version)
         if problem:
-            raise PublishRefused(f"not publishing: {problem}; run validate_topn on it (or topn again)")
+            raise PublishRefused(f"not publishing: {problem}; run {PRODUCTS[product][1]} on it (or {product} again)")
         return version
 
-    def publish(self, date, version_dir: Path, *, allow_older: bool = False, extra=None) -> dict:
+    def publish(self, date, version_dir: Path, *, allow_older: bool = False, extra=None, product: str = "topn") -> dict:
         """Switch the pointer to ``version_dir`` (atomic rename of the pointer file).
 
         Refuses a version the gate did not pass (``gated_version``). Refuses to move the pointer
@@ -269,12 +273,12 @@ class Storage:
         not replace today's lists with last month's.
         """
         date = as_date(date)
-        version_dir = self.gated_version(date, version_dir)
+        version_dir = self.gated_version(date, version_dir, product)
         relative = str(version_dir.relative_to(self.root))
-        if relative in self.rolled_back():
-            raise PublishRefused(f"not publishing {relative}: a rollback took it off the air; run topn again "
+        if relative in self.rolled_back(product):
+            raise PublishRefused(f"not publishing {relative}: a rollback took it off the air; run {product} again "
                                  f"for a new version of {date}")
-        current = self.published()
+        current = self.published(product)
         if current and as_date(current["date"]) > date and not allow_older:
             return {**current, "kept": True, "reason": f"live date {current['date']} is newer than {date}"}
         pointer = {
@@ -283,7 +287,7 @@ class Storage:
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
         }
-        return self.move_pointer(pointer, "publish")
+        return self.move_pointer(pointer, "publish", product)
 
 
 #: Names of what a writer leaves while it works: ``.staging-NAME-HOST-PID-ID``, ``.trash-...``, ``.NAME.HOST-PID-ID.tmp``.

@@ -171,7 +171,11 @@ def test_publish_is_downstream_of_every_gate(dag):
     tasks = {t.task_id: t for t in dag.tasks}
     upstream = tasks["publish"].get_flat_relative_ids(upstream=True)
     assert {"ingest", "validate_raw", "evaluate", "topn"} <= upstream
-    assert all(t in upstream for t in tasks if t.startswith("validate_"))
+    assert all(t in upstream for t in tasks if t.startswith("validate_") and t != "validate_similar")
+    # similar items are their own product: gated by their own gate, after the data gates and the quality gate
+    similar = tasks["publish_similar"].get_flat_relative_ids(upstream=True)
+    assert {"validate_raw", "validate_features", "evaluate", "similar", "validate_similar"} <= similar
+    assert "publish" not in similar and "publish_similar" not in upstream
 
 
 def test_failure_callback_writes_an_alert_a_person_can_read(dag_module, tmp_path, monkeypatch, caplog):
