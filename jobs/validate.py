@@ -498,9 +498,16 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
         "model_versions": [info.get("model_version") or manifest.get("model_version")],
         "dates": [date.isoformat()],
     }
-    gate = run_gate("topn", frame, store.partition("reports", date), parameters, name=f"topn.{version.name}")
+    return _gate_version(store, date, version, "topn", frame, parameters, f"top-N {version} ({n_users} users, N={top_n})")
+
+
+def _gate_version(store: Storage, date: dt.date, version: Path, checkpoint: str, frame, parameters: dict,
+                  what: str) -> dict:
+    """Run a published product's gate on ``version`` and record its verdict, passed or failed,
+    inside the version (what ``publish``/``publish_similar`` check)."""
+    gate = run_gate(checkpoint, frame, store.partition("reports", date), parameters, name=f"{checkpoint}.{version.name}")
     try:
-        require(gate, f"top-N {version} ({n_users} users, N={top_n})")
+        require(gate, what)
     except GateFailed as exc:
         store.record_verdict(version, passed=False, result=gate.result_path, reason=str(exc))
         raise
@@ -556,13 +563,5 @@ def validate_similar(date, *, root=None, params: RunParams = RunParams(), settin
     parameters = {"n_items": pq.read_metadata(features_dir / "item_map.parquet").num_rows,
                   "k": int(manifest.get("k") or params.similar_items),
                   "model_versions": [manifest.get("model_version")], "dates": [date.isoformat()]}
-    gate = run_gate("similar", frame, store.partition("reports", date), parameters, name=f"similar.{version.name}")
-    try:
-        require(gate, f"similar items {version} ({parameters['n_items']} items, K={parameters['k']})")
-    except GateFailed as exc:
-        store.record_verdict(version, passed=False, result=gate.result_path, reason=str(exc))
-        raise
-    store.record_verdict(version, passed=True, result=gate.result_path)
-    return {"date": date.isoformat(), "outcome": "warned" if gate.warnings else "passed", "version": str(version),
-            "rows": len(frame), "warnings": [w["label"] for w in gate.warnings], "result": gate.result_path,
-            "seconds": gate.seconds}
+    return _gate_version(store, date, version, "similar", frame, parameters,
+                         f"similar items {version} ({parameters['n_items']} items, K={parameters['k']})")
