@@ -352,4 +352,4 @@ def test_ease_in_float32_and_in_place_matches_the_float64_closed_form(data, monk
     seen = X[40:60].toarray() > 0
     scale = np.abs(expected[~seen]).max()
     assert np.abs(got[~seen] - expected[~seen]).max() / scale < 1e-4
-    assert neighbours.ease_peak_bytes(100_000, 27_000) < 3.2e9  # float32: fits where float64 could not
+    assert neighbours.ease_peak_bytes(100_000, 27_000) < 6.5e9  # float32: fits where float64 (17 GB) could not

@@ -73,37 +73,40 @@ def dense_gram(A: sp.csr_matrix, dtype) -> np.ndarray:
     return out
 
 
-def invert_in_place(A: np.ndarray) -> np.ndarray:
-    """The inverse of a symmetric positive definite ``A`` in ``A``'s own memory (LAPACK ``potrf``
-    then ``potri`` on its Fortran view; the triangle they leave is mirrored block by block)."""
-    from scipy.linalg import lapack
+def invert_spd(A: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric positive definite ``A``, written into ``A`` (torch's Cholesky
+    factorisation and ``cholesky_inverse`` with ``out=``; measured: one workspace copy of ``A`` at
+    the peak). scipy's ``potrf`` is in place but its bundled OpenBLAS segfaulted at 27,000 rows
+    (26,000 passed), so it is not used."""
+    import torch
 
-    potrf, potri = lapack.get_lapack_funcs(("potrf", "potri"), (A,))
-    factor, info = potrf(A.T, lower=False, overwrite_a=True, clean=False)
-    if info == 0:
-        factor, info = potri(factor, lower=False, overwrite_c=True)
-    if info != 0 or not np.shares_memory(factor, A):
-        raise np.linalg.LinAlgError(f"EASE: the regularised Gram matrix is not positive definite (LAPACK info {info})")
-    n = len(A)
-    for lo in range(0, n, GRAM_BLOCK):  # A's lower triangle holds the inverse: mirror it upwards
-        hi = min(n, lo + GRAM_BLOCK)
-        A[lo:hi, hi:] = A[hi:, lo:hi].T
-        block = A[lo:hi, lo:hi]
-        upper = np.triu_indices(hi - lo, 1)
-        block[upper] = block.T[upper]
+    T = torch.from_numpy(A)
+    _, info = torch.linalg.cholesky_ex(T, out=(T, torch.empty((), dtype=torch.int32)))
+    if int(info):
+        raise np.linalg.LinAlgError(f"EASE: the regularised Gram matrix is not positive definite (at row {int(info)})")
+    torch.cholesky_inverse(T, out=T)
     return A
 
 
+#: EASE's default memory limit: the MovieLens-20M catalogue (27,000 items, 140,000 users) is
+#: estimated at 7.03 GB and measured at 6.13 GB (fit in 102 s): ``python benchmarks/ease_memory.py
+#: --items 27000 --users 140000``; it fits beside the rest of the train job within 8 GiB.
+DEFAULT_MAX_DENSE_GB = 7.5
+#: What importing torch for the factorisation adds to a process that had not loaded it.
+TORCH_BYTES = 300 * 2**20
+
+
 def ease_peak_bytes(n_users: int, n_items: int) -> int:
-    """What ``EASE.fit`` holds at its peak beyond its input: the dense matrix it inverts in place
-    (``min(users, items)``² elements, float64 up to ``FLOAT64_MAX_ELEMENTS`` else float32), a
-    float32 copy of it when computed in float64, the dual form's ``users × items`` product, and one
-    block of the Gram product. ``benchmarks/ease_memory.py`` compares it with measured peaks."""
+    """What ``EASE.fit`` holds at its peak beyond its input: the dense matrix it inverts
+    (``min(users, items)``² elements, float64 up to ``FLOAT64_MAX_ELEMENTS`` else float32) and the
+    factorisation's workspace copy of it (``invert_spd``), the dual form's ``users × items``
+    product, one block of the Gram product, and torch itself. ``benchmarks/ease_memory.py`` compares it with
+    measured peaks."""
     dim = min(n_users, n_items)
     size = 8 if dim * dim <= FLOAT64_MAX_ELEMENTS else 4
-    dense = dim * dim * size + (dim * dim * 4 if size == 8 else 0)
+    dense = 2 * dim * dim * size
     dual = n_users * n_items * size if n_users < n_items else 0
-    return dense + dual + min(GRAM_BLOCK, dim) * dim * (size + 12)
+    return dense + dual + min(GRAM_BLOCK, dim) * dim * (size + 12) + TORCH_BYTES
 
 
 class EASE(Recommender):
@@ -112,14 +115,16 @@ class EASE(Recommender):
     Primal form (users ≥ items) keeps the dense ``items × items`` P. Dual form (users < items)
     uses ``P = (I − Xᵀ(XXᵀ + λI)⁻¹X)/λ`` and keeps X and the ``users × users`` inverse instead,
     so memory follows min(users, items). The dense matrix is built block by block and inverted
-    in place (Cholesky), in float32 for large catalogues: ~3 GB at 27K items. Above
+    by Cholesky into its own memory, in float32 for large catalogues (2.9 GB at 27K items, plus
+    the factorisation's workspace copy). Above
     ``max_dense_gb`` of estimated peak (``ease_peak_bytes``) it refuses with a clear error rather
     than swapping the machine to death.
     """
 
     name = "ease"
 
-    def __init__(self, l2: float = 500.0, max_dense_gb: float = 4.0, confidence: str = "binary", **extra):
+    def __init__(self, l2: float = 500.0, max_dense_gb: float = DEFAULT_MAX_DENSE_GB, confidence: str = "binary",
+                 **extra):
         super().__init__(l2=l2, max_dense_gb=max_dense_gb, confidence=check_scheme(confidence), **extra)
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "EASE":
@@ -139,7 +144,7 @@ class EASE(Recommender):
         if not self.dual:
             P = dense_gram(sp.csr_matrix(X.T), dtype)
             P[np.diag_indices_from(P)] += lam
-            invert_in_place(P)
+            invert_spd(P)
             self.diag_p = np.diag(P).astype(np.float32)
             self.P = P.astype(np.float32, copy=False)
             self.M = np.zeros((0, 0), dtype=np.float32)
@@ -147,7 +152,7 @@ class EASE(Recommender):
         else:
             M = dense_gram(X, dtype)
             M[np.diag_indices_from(M)] += lam
-            invert_in_place(M)
+            invert_spd(M)
             MX = np.asarray(sp.csr_matrix(X.T, dtype=dtype) @ M).T  # (M X): users × items, dense
             diag_xmx = np.asarray(X.multiply(MX).sum(axis=0)).ravel()
             del MX
