@@ -68,6 +68,7 @@ def synthetic_table(users: int, items: int, top_n: int, date: str, seed: int = 0
         "source": pa.array(["model"] * users),
         "model_version": pa.array([f"{date}.bench.synthetic"] * users),
         "logical_date": pa.array([dt.date.fromisoformat(date)] * users, pa.date32()),
+        "arm": pa.array(["champion"] * users),
     }, schema=TOPN)
 
 

@@ -233,7 +233,7 @@ def task_naive(args):
             top = top[np.argsort(-scores[top])]
             yield {"user_id": self.user_ids[user], "item_ids": [self.item_ids[i] for i in top],
                    "scores": [float(scores[i]) for i in top], "source": "model", "model_version": "naive",
-                   "logical_date": dt.date.fromisoformat(DATE)}
+                   "logical_date": dt.date.fromisoformat(DATE), "arm": "champion"}
 
     from nightly_topn import schemas
 

@@ -56,6 +56,7 @@ SECTIONS = {
     "holdout_quantile": "Quality gate", "champion_tolerance": "Quality gate", "eval_protocol": "Quality gate",
     "train_window_days": "Training data", "recency_half_life_days": "Training data", "min_user_interactions": "Training data",
     "min_item_interactions": "Training data", "new_item_days": "Training data",
+    "challenger_model": "A/B experiment", "challenger_share": "A/B experiment", "experiment": "A/B experiment",
 }
 
 

@@ -215,6 +215,12 @@ def topn() -> list:
         gxe.ExpectColumnValuesToBeInSet(column="logical_date", value_set=P("dates"),
                                         meta=hard("logical date differs from the run date")),
         gxe.ExpectColumnValuesToBeInSet(column="source", value_set=["model", "fallback"], meta=hard("unknown source")),
+        gxe.ExpectColumnValuesToBeInSet(column="arm", value_set=["champion", "challenger"],
+                                        meta=hard("unknown A/B arm")),
+        gxe.ExpectColumnValuesToBeNull(
+            column="wrong_arm",
+            meta=hard("a list that is not its user's A/B arm's (the arm differs from the assignment, or the model "
+                      "version from that arm's model)")),
     ]
 
 

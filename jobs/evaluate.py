@@ -129,6 +129,30 @@ def _gate(results: dict, winner: str, champion: dict | None, params: RunParams) 
             "reason": "; ".join(c["detail"] for c in checks if not c["passed"]) or "all checks passed"}
 
 
+def experiment_verdict(info: dict, results: dict, params: RunParams) -> dict | None:
+    """Whether tonight's A/B challenger (``model_info["challenger"]``) gets its arm: it must beat
+    popularity by the same lift as the champion on the same holdout (its lists are published
+    like the champion's; nothing unchecked goes out). The top-N job reads this verdict."""
+    challenger = info.get("challenger")
+    if not challenger:
+        return None
+    name, k = challenger["model"], params.eval_k
+    verdict = {key: challenger.get(key) for key in ("experiment", "share", "model", "model_version", "params")}
+    arms = {"champion": {"model": info["model"], "model_version": info["model_version"],
+                         **{m: results[info["model"]].get(m) for m in ("ndcg", "recall_capped", "coverage")}}}
+    if not challenger.get("active"):
+        return {**verdict, "active": False, "reason": challenger.get("reason"), "arms": arms}
+    arms["challenger"] = {"model": name, "model_version": challenger["model_version"],
+                          **{m: results[name].get(m) for m in ("ndcg", "recall_capped", "coverage")}}
+    ndcg, pop = results[name]["ndcg"], results["popularity"]["ndcg"]
+    need = pop * (1 + params.min_lift_over_popularity)
+    active = bool(ndcg > need)
+    reason = (f"{name} NDCG@{k}={ndcg:.4f} beats popularity {pop:.4f} × (1 + {params.min_lift_over_popularity})"
+              if active else f"{name} NDCG@{k}={ndcg:.4f} does not beat popularity {pop:.4f} by "
+                             f"{params.min_lift_over_popularity:.0%} (needs > {need:.4f}): no challenger arm tonight")
+    return {**verdict, "active": active, "reason": reason, "arms": arms}
+
+
 def latest_served(store: Storage, date) -> dict | None:
     """The newest complete rolling evaluation of lists published before ``date``: what users did
     with what they were served, shown next to tonight's holdout figures."""
@@ -194,6 +218,9 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     diversity = diversity_figures(winner_model, train, holdout, users, k, categories, params.diversity_strength)
     champion = _champion_metrics(store, date, pairs, split, train, holdout, users, info, results, params)
     gate = _gate(results, info["model"], champion, params)
+    experiment = experiment_verdict(info, results, params)
+    if experiment and not experiment["active"]:
+        log.warning("A/B experiment %s: %s", experiment["experiment"], experiment["reason"])
     item_pop = np.asarray((train > 0).sum(axis=0)).ravel()  # interactions per item
     evaluation = {"date": date.isoformat(), "k": k, "model": info["model"], "params": info.get("params"),
                   "model_version": info["model_version"], "protocol": info.get("protocol", params.eval_protocol),
@@ -205,6 +232,7 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
                   "metrics": results, "champion": champion and {k2: v for k2, v in champion.items() if k2 != "metrics"},
                   "gate": gate, "data_fingerprint": info.get("data_fingerprint"),
                   "served": latest_served(store, date), "cold_start": cold, "diversity": diversity,
+                  "experiment": experiment,
                   # the candidate rules the published lists are shaped by (not applied to these metrics)
                   "rules": read_json(store.partition("features", date) / MANIFEST).get("stats", {}).get("rules"),
                   "code_version": registry.code_version()}

@@ -27,6 +27,7 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -55,12 +56,20 @@ def published_dates(store: Storage, until=None) -> list[dt.date]:
     return out
 
 
-def _lists(store: Storage, day) -> tuple[list[str], list[list[str]], str]:
+def _lists(store: Storage, day) -> tuple[pa.Table, str]:
+    """The published lists of ``day``: ``user_id, item_ids, model_version, arm`` (arm "champion"
+    for versions written before the A/B arm column), and the champion's model version."""
+    from nightly_topn.serving.encoding import arm_column
+
     version = store.newest_gated_version(day)
     manifest = read_json(version / MANIFEST)
     files = manifest.get("files") or sorted(p.name for p in version.glob("part-*.parquet"))
-    table = pa.concat_tables([pq.read_table(version / f, columns=["user_id", "item_ids"]) for f in files])
-    return table.column("user_id").to_pylist(), table.column("item_ids").to_pylist(), manifest.get("model_version", "")
+    tables = []
+    for name in files:
+        table = pq.read_table(version / name)
+        tables.append(pa.table({"user_id": table["user_id"], "item_ids": table["item_ids"],
+                                "model_version": table["model_version"], "arm": arm_column(table)}))
+    return pa.concat_tables(tables), manifest.get("model_version", "")
 
 
 def _future(store: Storage, day: dt.date, horizon: int) -> tuple[dict[str, set[str]], int]:
@@ -97,6 +106,21 @@ def score_lists(users: list[str], lists: list[list[str]], relevant: dict[str, se
     return {"users": len(rows), **{m: float(np.nanmean(per_user[m])) for m in METRICS}}
 
 
+def per_arm(table: pa.Table, relevant: dict[str, set[str]], k: int) -> dict | None:
+    """Each A/B arm's lists scored on their own (None when every user had the champion's):
+    ``{arm: {"model_versions", "listed_users", "users", metrics...}}``."""
+    arms = table.column("arm").to_pylist()
+    if set(arms) <= {"champion"}:
+        return None
+    out = {}
+    for arm in sorted(set(arms)):
+        rows = table.filter(pc.equal(table.column("arm"), arm))
+        out[arm] = {"model_versions": sorted(set(rows.column("model_version").to_pylist())),
+                    "listed_users": rows.num_rows,
+                    **score_lists(rows.column("user_id").to_pylist(), rows.column("item_ids").to_pylist(), relevant, k)}
+    return out
+
+
 def _popularity_lists(store: Storage, day, user_ids: list[str], k: int) -> list[list[str]] | None:
     """What the popularity baseline of ``day``'s run would have served ``user_ids`` (seen items
     excluded, as in the published lists): the yardstick of the served lists."""
@@ -120,13 +144,14 @@ def served_quality(store: Storage, day, *, k: int, horizon_days: int = 7) -> dic
     """Score the lists published for ``day``, and popularity's, against D+1 … D+``horizon_days``;
     writes ``reports/dt=D/rolling_eval.json``."""
     day = as_date(day)
-    users, lists, version = _lists(store, day)
+    table, version = _lists(store, day)
+    users, lists = table.column("user_id").to_pylist(), table.column("item_ids").to_pylist()
     relevant, landed = _future(store, day, horizon_days)
     active = [u for u in users if u in relevant]
     result = {"date": day.isoformat(), "model_version": version, "k": k, "horizon_days": horizon_days,
               "days_landed": landed, "complete": landed == horizon_days, "listed_users": len(users),
               **score_lists(users, lists, relevant, k),
-              "popularity": None}
+              "popularity": None, "arms": per_arm(table, relevant, k)}
     baseline = _popularity_lists(store, day, active, k)
     if baseline is not None:
         result["popularity"] = score_lists(active, baseline, relevant, k)
@@ -154,6 +179,15 @@ def summarise(store: Storage, until=None, *, horizon_days: int = 7, k: int = Run
         values = np.array([r[m] for r in done], dtype=np.float64)
         aggregate[f"{m}_mean_over_dates"] = float(values.mean()) if len(done) else None
         aggregate[f"{m}_user_weighted"] = float((values * weights).sum() / weights.sum()) if len(done) else None
+    arms = {}  # each A/B arm over the complete dates that had one: user-weighted
+    for r in done:
+        for arm, figures in (r.get("arms") or {}).items():
+            if figures.get("users"):
+                arms.setdefault(arm, []).append(figures)
+    aggregate["arms"] = {arm: {"dates": len(rows), "users": int(sum(f["users"] for f in rows)),
+                               **{f"{m}_user_weighted": float(sum(f[m] * f["users"] for f in rows)
+                                                              / sum(f["users"] for f in rows)) for m in METRICS}}
+                         for arm, rows in arms.items()} or None
     summary = {"horizon_days": horizon_days, "k": k, "until": as_date(until).isoformat() if until else None,
                "dates": per_date, "aggregate": aggregate}
     write_json(store.root / "reports" / ROLLING_FILE, summary)

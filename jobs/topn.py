@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from nightly_topn import config, registry
 from nightly_topn.config import RunParams
+from nightly_topn.experiments import admitted
 from nightly_topn.errors import BadInput, JobFailed, MissingPartition, NightlyTopNError
 from nightly_topn.features import ITEM_CATEGORIES, read_new_items
 from nightly_topn.storage import Storage, as_date
@@ -75,6 +76,16 @@ def new_item_reach(directory, files: list[str], new_ids: pa.Array) -> dict:
     return reach(shown, users, with_new)
 
 
+def arm_counts(parts) -> dict:
+    """Users per arm in the written lists (what the gate and the report compare with the hash)."""
+    counts = {}
+    for part in parts:
+        arms = pq.read_table(part, columns=["arm"]).column(0)
+        for row in pc.value_counts(arms).to_pylist():
+            counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
+    return counts
+
+
 def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[str] | None = None) -> dict:
     """Run the pipeline for ``date`` into a new version. Beam flags, later ones winning: the
     default runner (``FnApiRunner``: in-process, downloads nothing), ``$NIGHTLY_TOPN_BEAM_ARGS``
@@ -94,6 +105,13 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
     if params.diversity_strength > 0 and not (features_dir / ITEM_CATEGORIES).is_file():
         raise BadInput(f"diversity_strength={params.diversity_strength} needs item categories, and {features_dir} has "
                        f"none: land items.* with a categories column, or run with diversity_strength=0")
+    experiment = admitted(store, date, info)
+    if experiment is None and (info.get("challenger") or {}).get("active"):
+        log.warning("topn %s: the challenger %s was not admitted by evaluate's quality gate: no challenger arm",
+                    date, info["challenger"]["model"])
+    arm_flags = [] if experiment is None else [
+        f"--challenger={models_dir / 'final' / experiment['model']}", f"--challenger_version={experiment['model_version']}",
+        f"--challenger_share={experiment['share']}", f"--experiment={experiment['experiment']}"]
     attempt = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = store.partition("topn", date) / f"v={attempt}"
     started = time.perf_counter()
@@ -104,7 +122,8 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
                     f"--features={features_dir}", f"--model={models_dir / 'final' / info['model']}",
                     f"--fallback={models_dir / 'final' / 'popularity'}", f"--output={stage}",
                     f"--logical_date={date.isoformat()}", f"--model_version={info['model_version']}",
-                    f"--top_n={params.top_n}", f"--diversity_strength={params.diversity_strength}", *beam_args,
+                    f"--top_n={params.top_n}", f"--diversity_strength={params.diversity_strength}", *arm_flags,
+                    *beam_args,
                 ]
             )
             parts = sorted(stage.glob("part-*.parquet"))
@@ -121,6 +140,9 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
                                         "index": INDEX_FILE, "new_items": reach,
                                         "diversity_strength": params.diversity_strength,
                                         "model_version": info["model_version"], "beam_args": beam_args,
+                                        "experiment": experiment and {
+                                            **{k: experiment[k] for k in ("experiment", "share", "model", "model_version")},
+                                            "users": arm_counts(parts)},
                                         "seconds": round(time.perf_counter() - started, 3)})
     except NightlyTopNError:
         raise

@@ -40,13 +40,34 @@ def model_params(params: RunParams, name: str | None = None) -> dict:
 
 
 def candidates_for(params: RunParams) -> list[str]:
-    if params.model == "auto":
-        return list(DEFAULT_CANDIDATES)
-    return [params.model] if params.model == "popularity" else ["popularity", params.model]
+    """The models the search tunes (and evaluate scores): every default one for ``auto``, else
+    popularity and the requested one; plus the A/B challenger, so it is tuned and evaluated too."""
+    names = list(DEFAULT_CANDIDATES) if params.model == "auto" else \
+        [params.model] if params.model == "popularity" else ["popularity", params.model]
+    if params.challenger_model != "none" and params.challenger_model not in names:
+        names.append(params.challenger_model)
+    return names
+
+
+def challenger_of(params: RunParams, winner: str, results: dict, date, fingerprint: str) -> dict | None:
+    """Tonight's A/B challenger (``model_info["challenger"]``), or None without an experiment.
+    A challenger that tonight's choice made the champion, or that could not be trained, runs no
+    arm tonight: the record says why and everybody gets the champion's lists."""
+    name = params.challenger_model
+    if name == "none" or params.challenger_share <= 0:
+        return None
+    record = {"model": name, "experiment": params.experiment, "share": params.challenger_share}
+    if name == winner:
+        return {**record, "active": False, "reason": f"{name} won tonight's choice: it is the champion, no second arm"}
+    if name not in results:
+        return {**record, "active": False, "reason": f"{name} could not be trained on this data"}
+    return {**record, "active": True, "params": results[name].best_params,
+            "model_version": f"{as_date(date).isoformat()}.{name}.{fingerprint[:8]}"}
 
 
 #: RunParams that do not change what is trained (a re-run differing only in these reuses the choice).
-NOT_TRAINING = ("top_n", "publish", "allow_older", "min_lift_over_popularity", "champion_tolerance")
+NOT_TRAINING = ("top_n", "publish", "allow_older", "min_lift_over_popularity", "champion_tolerance",
+                "challenger_share", "experiment")
 
 
 def params_digest(params: RunParams) -> str:
@@ -91,7 +112,7 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         # Nothing to validate on (or search disabled): untuned configurations, the requested model wins.
         reason = "no validation rows" if not val_rows.any() else "tuning disabled (budget 0)"
         results = {n: TuningResult(n, model_params(params, n), float("nan")) for n in names}
-        winner = names[-1] if params.model != "auto" else next(n for n in ("ease", "als", "popularity") if n in names)
+        winner = params.model if params.model != "auto" else next(n for n in ("ease", "als", "popularity") if n in names)
         info["selection"] = f"{reason}: {winner} by default"
         return winner, results, info
     results = tune_all(names, pairs.matrix(fit_rows), pairs.relevance(val_rows), times=pairs.times(fit_rows),
@@ -107,8 +128,10 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         winner = params.model
         info["selection"] = f"model fixed to {winner} by the run params"
     else:
-        winner = choose(results)
-        ranked = sorted(results.values(), key=lambda r: -r.selection[0])
+        # an A/B challenger outside the default candidates is tuned for its arm, not a choice for the champion
+        eligible = {n: r for n, r in results.items() if n in DEFAULT_CANDIDATES}
+        winner = choose(eligible)
+        ranked = sorted(eligible.values(), key=lambda r: -r.selection[0])
         best = ranked[0]
         se = best.selection[1]
         why = (f"{winner} has the best validation NDCG@{params.eval_k}" if winner == best.model else
@@ -135,7 +158,9 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
     timings = {}
     with store.staged(store.partition("models", date)) as stage:
         plan = [("eval", name, split.train) for name in results]
-        plan += [("final", name, None) for name in dict.fromkeys([winner, "popularity"])]
+        challenger = challenger_of(params, winner, results, date, fingerprint)
+        finals = [winner, "popularity"] + ([challenger["model"]] if challenger and challenger["active"] else [])
+        plan += [("final", name, None) for name in dict.fromkeys(finals)]
         for purpose, name, mask in plan:
             t0 = time.perf_counter()
             model = MODELS[name](**results[name].best_params).fit(pairs.matrix(mask), pairs.times(mask))
@@ -144,7 +169,8 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
         info = {"model": winner, "params": results[winner].best_params, "model_version": version,
                 "data_fingerprint": fingerprint, "fit_seconds": timings, "candidates": list(results),
                 "protocol": params.eval_protocol, "selection": selection["selection"],
-                "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds}
+                "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds,
+                "challenger": challenger}
         registry.write_model_info(stage, info)
         registry.write_run(stage, {
             "date": date.isoformat(), "winner": winner, "model_version": version, "data_fingerprint": fingerprint,
@@ -152,7 +178,7 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
             "params_digest": params_digest(params), "run_params": params.__dict__,
             "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds,
             "candidates": {name: {**r.summary(), "artifacts": {"eval": f"eval/{name}",
-                                                              **({"final": f"final/{name}"} if name in (winner, "popularity") else {})},
+                                                              **({"final": f"final/{name}"} if name in finals else {})},
                                   "fit_seconds": {k.split("/")[0]: v for k, v in timings.items() if k.endswith("/" + name)}}
                            for name, r in results.items()},
         })

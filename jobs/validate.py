@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from nightly_topn import registry, schemas
 from nightly_topn.config import RunParams
 from nightly_topn.errors import MissingPartition
+from nightly_topn.experiments import CHALLENGER, CHAMPION, admitted, in_challenger
 from nightly_topn.features import read_new_items
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
 from nightly_topn.storage import MANIFEST, Storage, as_date, fsync_dir, read_json, read_table, write_table
@@ -416,7 +417,8 @@ class LandedRules:
         return users.map(self.segment).map(counts).fillna(int(open_items.sum())).astype("int64")
 
 
-def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules | None = None) -> pd.DataFrame:
+def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules | None = None,
+               arms: dict | None = None) -> pd.DataFrame:
     """One row per (user, rank) of a top-N version, with what the suite checks against.
 
     Columns: the list's ``user_id``/``item_id``/``score`` at ``rank``; ``n_items``/``n_scores`` (list
@@ -424,7 +426,10 @@ def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules
     ``score_drop`` (previous score - this score); ``seen_pair`` ("user/item" when the item is in
     the user's history, else null); ``excluded_pair`` (the same, for an item a candidate rule
     forbids the user); ``user_index``/``item_index`` (null when not in the maps); ``source``,
-    ``model_version``, ``logical_date``. A user with an empty list keeps one row (null item).
+    ``model_version``, ``logical_date``, ``arm``; ``wrong_arm`` (the user id when the list's A/B
+    arm is not the one the assignment gives, or its model version not that arm's model's: ``arms``
+    = ``{"champion": version, "challenger": version, "experiment", "share"}``, None = no
+    experiment). A user with an empty list keeps one row (null item).
     """
     parts = sorted(version.glob("part-*.parquet"))
     if not parts:
@@ -442,6 +447,7 @@ def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules
                           ignore_index=True)
     history = (inter.merge(users, on="user_index").merge(items, on="item_index"))[["user_id", "item_id"]]
 
+    lists["wrong_arm"] = wrong_arm(lists, arms)
     lists["n_items"] = lists["item_ids"].map(lambda v: 0 if v is None else len(v)).astype("int64")
     lists["n_scores"] = lists["scores"].map(lambda v: 0 if v is None else len(v)).astype("int64")
     empty = lists["n_items"] == 0
@@ -474,6 +480,20 @@ def topn_frame(version: Path, features_dir: Path, top_n: int, rules: LandedRules
     return long.drop(columns=["n_removed"])
 
 
+def wrong_arm(lists: pd.DataFrame, arms: dict | None) -> np.ndarray:
+    """Per list: its user id where its arm or model version is not what the experiment assigns."""
+    if "arm" not in lists:
+        lists["arm"] = CHAMPION  # written before the arm column existed: everybody was the champion's
+    arms = arms or {}
+    expected = np.where(in_challenger(lists["user_id"], arms.get("experiment", ""), arms.get("share", 0.0)),
+                        CHALLENGER, CHAMPION)
+    bad = lists["arm"].to_numpy() != expected
+    if arms.get(CHAMPION) is not None:
+        versions = np.where(expected == CHALLENGER, arms.get(CHALLENGER) or "", arms[CHAMPION])
+        bad |= lists["model_version"].to_numpy() != versions
+    return np.where(bad, lists["user_id"].to_numpy(), None)
+
+
 def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings: dict | None = None,
                   version: str | None = None) -> dict:
     """Gate on one top-N version of ``date`` before publish: ``version`` (what the top-N job just
@@ -488,14 +508,18 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
     features_dir = store.partition("features", date)
     info = registry.model_info(store, date) or {}
     top_n = int(manifest.get("top_n") or params.top_n)
-    frame = topn_frame(version, features_dir, top_n, LandedRules(store.partition("raw", date), date))
+    champion = info.get("model_version") or manifest.get("model_version")
+    experiment = admitted(store, date, info)
+    arms = {"champion": champion, **({"challenger": experiment["model_version"], "experiment": experiment["experiment"],
+                                      "share": experiment["share"]} if experiment else {})}
+    frame = topn_frame(version, features_dir, top_n, LandedRules(store.partition("raw", date), date), arms)
     n_users = pq.read_metadata(features_dir / "user_map.parquet").num_rows
     n_items = pq.read_metadata(features_dir / "item_map.parquet").num_rows
     parameters = {
         "n_users": n_users,
         "coverage_hard_min": min(n_items, math.ceil(settings["coverage_hard_min_share"] * n_items)),
         "coverage_soft_min": min(n_items, math.ceil(settings["coverage_soft_min_share"] * n_items)),
-        "model_versions": [info.get("model_version") or manifest.get("model_version")],
+        "model_versions": [champion] + ([experiment["model_version"]] if experiment else []),
         "dates": [date.isoformat()],
     }
     return _gate_version(store, date, version, "topn", frame, parameters, f"top-N {version} ({n_users} users, N={top_n})")

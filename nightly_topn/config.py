@@ -33,10 +33,12 @@ DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 #: Flags the top-N job sets itself (paths and identity of the version): nobody else may.
 JOB_OWNED_FLAGS = ("features", "model", "fallback", "output", "logical_date", "model_version", "top_n",
-                   "diversity_strength")
+                   "diversity_strength", "challenger", "challenger_version", "challenger_share", "experiment")
 #: The ``model`` knob's choices: ``auto`` and every model of ``nightly_topn.models.MODELS`` (listed
 #: here so that parsing the DAG imports no model code; a test keeps the two in step).
 MODEL_CHOICES = ("auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence", "horizon")
+#: The ``challenger_model`` knob's choices: no experiment, or any model but popularity (the fallback).
+CHALLENGER_CHOICES = ("none", *MODEL_CHOICES[2:])
 
 
 def storage_root(root: str | os.PathLike | None = None) -> Path:
@@ -189,6 +191,17 @@ class RunParams:
         ge=0, le=200,
         description="Similar items published per catalogue item (from the chosen model), looked up with "
                     "'nightly-topn lookup --item'; 0 = none.")] = 20
+    challenger_model: Annotated[Literal[CHALLENGER_CHOICES], Field(  # type: ignore[valid-type]
+        description="A/B experiment: a second model trained tonight whose lists a share of the users get "
+                    "(each user keeps an arm: a hash of user id and experiment name, nightly_topn.experiments); "
+                    "'none' = no experiment. Its lists go out only if it passes the same quality gate.")] = "none"
+    challenger_share: Annotated[float, Field(
+        ge=0.0, le=0.5,
+        description="Share of the users in the challenger's arm (when challenger_model is set).")] = 0.1
+    experiment: Annotated[str, Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Name of the A/B experiment, salt of the user assignment (renaming it reshuffles the "
+                    "arms).")] = "ab"
     beam_running_mode: Annotated[Literal["deployment", "in_memory", "multi_threading", "multi_processing"], Field(
         description="How the local Beam runner executes this run's top-N step: 'deployment' = as the "
                     "deployment's $NIGHTLY_TOPN_BEAM_ARGS says; 'multi_processing' spreads it over "

@@ -21,6 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nightly_topn.errors import BadInput, MissingPartition, NightlyTopNError, cause_of
+from nightly_topn.experiments import CHAMPION
+from nightly_topn.serving.encoding import arm_column
 from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
 
 INDEX_FILE = "_index.parquet"
@@ -151,6 +153,8 @@ class TopNReader:
             return None
         row = group.slice(at, 1).to_pylist()[0]
         row["logical_date"] = row["logical_date"].isoformat()
+        if self.key == "user_id":
+            row.setdefault("arm", CHAMPION)  # a version written before the A/B arm column: the champion's
         return row
 
     def export(self, out, *, fmt: str = "jsonl", batch_rows: int = 8192) -> int:
@@ -203,7 +207,8 @@ def export_lines(batch, fmt: str = "jsonl") -> str:
     """The export lines of a top-N record batch, built column by column by Arrow (no Python per
     row); batches with ids that need JSON escaping or non-finite scores go through ``json``."""
     join = pc.binary_join_element_wise
-    strings = [batch.column(c) for c in ("user_id", "source", "model_version")]
+    arm = arm_column(batch)
+    strings = [batch.column(c) for c in ("user_id", "source", "model_version")] + [arm]
     strings.append(pc.list_flatten(batch.column("item_ids")))
     scores = pc.list_flatten(batch.column("scores"))
     plain = not any(pc.any(pc.match_substring_regex(col, _NEEDS_ESCAPE)).as_py() for col in strings) \
@@ -216,7 +221,7 @@ def export_lines(batch, fmt: str = "jsonl") -> str:
     score_list = join("[", pc.binary_join(pc.cast(batch.column("scores"), pa.list_(pa.string())), ","), "]", "")
     value = join('{"item_ids":', item_list, ',"scores":', score_list, ',"source":"', batch.column("source"),
                  '","model_version":"', batch.column("model_version"), '","logical_date":"',
-                 pc.cast(batch.column("logical_date"), pa.string()), '"}', "")
+                 pc.cast(batch.column("logical_date"), pa.string()), '","arm":"', arm, '"}', "")
     user = batch.column("user_id")
     lines = join('{"key":"', user, '","value":', value, "}\n", "") if fmt == "jsonl" else join(user, "\t", value, "\n", "")
     return pc.binary_join(pa.ListArray.from_arrays([0, len(lines)], lines), "")[0].as_py() if len(lines) else ""
@@ -230,6 +235,7 @@ def json_lines(rows: list[dict], fmt: str) -> str:
     out = []
     for row in rows:
         row["logical_date"] = row["logical_date"].isoformat()
+        row.setdefault("arm", CHAMPION)
         row["scores"] = [float(str(np.float32(s))) for s in row["scores"]]  # shortest digits, as the Arrow path
         key = row.pop("user_id")
         value = json.dumps(row, separators=(",", ":"))

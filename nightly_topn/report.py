@@ -165,7 +165,11 @@ def _rolling(store: Storage) -> dict | None:
     per = data.get("dates", [])
     chart = _line_chart(f"Published lists vs the next {data.get('horizon_days')} days", [d["date"][5:] for d in per],
                         {m: [d.get(m) for d in per] for m in ("hit_rate", "recall", "ndcg")})
-    return {"chart": chart, "aggregate": ", ".join(f"{k}={_fmt(v)}" for k, v in data.get("aggregate", {}).items())}
+    aggregate = data.get("aggregate", {})
+    return {"chart": chart, "aggregate": ", ".join(f"{k}={_fmt(v)}" for k, v in aggregate.items() if k != "arms"),
+            "arms": [{"arm": arm, "dates": f["dates"], "users": f["users"],
+                      "cells": [_fmt(f.get(f"{m}_user_weighted")) for m in ("ndcg", "recall", "hit_rate")]}
+                     for arm, f in (aggregate.get("arms") or {}).items()]}
 
 
 def _served(evaluation: dict) -> dict | None:
@@ -205,6 +209,22 @@ def _mmr(evaluation: dict) -> dict | None:
     return {**figures, "rows": rows}
 
 
+def _experiment(evaluation: dict) -> dict | None:
+    """``evaluation["experiment"]``: the A/B arms on tonight's holdout, and what each arm's users
+    did with the lists they were served (the newest complete rolling evaluation)."""
+    experiment = evaluation.get("experiment")
+    if not experiment:
+        return None
+    metrics = ("ndcg", "recall_capped", "coverage")
+    arms = [{"arm": arm, "model": a["model"], "model_version": a["model_version"],
+             "cells": [_fmt(a.get(m)) for m in metrics]} for arm, a in experiment["arms"].items()]
+    served = (evaluation.get("served") or {})
+    served_arms = [{"arm": arm, "users": f.get("users"), "cells": [_fmt(f.get(m)) for m in ("ndcg", "recall", "hit_rate")]}
+                   for arm, f in (served.get("arms") or {}).items()]
+    return {**experiment, "share": f"{experiment['share']:.0%}", "metrics": metrics, "rows": arms,
+            "served_date": served.get("date"), "served_arms": served_arms}
+
+
 def render(store: Storage, date, evaluation: dict, *, recommended=None, item_popularity=None,
            registry_record: dict | None = None) -> str:
     """The report page as HTML text (``date`` is taken from ``evaluation``; kept for callers)."""
@@ -227,7 +247,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
         "served": _served(evaluation), "cold_start": _cold_start(evaluation), "rules": evaluation.get("rules"),
-        "mmr": _mmr(evaluation),
+        "mmr": _mmr(evaluation), "experiment": _experiment(evaluation),
     }
     return _env().get_template("report.html.j2").render(context)
 

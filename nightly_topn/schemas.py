@@ -167,8 +167,11 @@ TOPN = pa.schema(
         pa.field("source", pa.string(), nullable=False),  # "model" or "fallback"
         pa.field("model_version", pa.string(), nullable=False),
         pa.field("logical_date", pa.date32(), nullable=False),
+        # the user's A/B arm ("champion" or "challenger", nightly_topn.experiments); versions written
+        # before contract version 2 have no such column: every user there is the champion's
+        pa.field("arm", pa.string(), nullable=False),
     ],
-    metadata={"contract": "topn", "version": "1"},
+    metadata={"contract": "topn", "version": "2"},
 )
 
 

@@ -75,10 +75,13 @@ class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
-                 threads: int = 0, diversity_strength: float = 0.0):
+                 threads: int = 0, diversity_strength: float = 0.0, challenger_dir: str = "", experiment: str = "",
+                 challenger_share: float = 0.0):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
         self.diversity_strength = diversity_strength
+        # A/B: users hashed into the challenger's arm (nightly_topn.experiments) are scored by it
+        self.challenger_dir, self.experiment, self.challenger_share = challenger_dir, experiment, challenger_share
 
     def setup(self):
         # Heavy state once per worker, not per element; history is read per range (``History``).
@@ -116,6 +119,19 @@ class ScoreUserRange(beam.DoFn):
             torch.set_num_threads(1)
         self.fallback_scorer = scoring.TopNScorer(self.fallback, self.top_n, batch_size=self.batch_size,
                                                   cold_weights=cold, rules=rules, diversity=diversity)
+        self.challenger = self.user_ids = None
+        if self.challenger_dir:
+            from nightly_topn.features import USER_MAP, InteractionsFile
+
+            self.challenger = load_model(local_copy(self.challenger_dir))
+            self.challenger_scorer = scoring.TopNScorer(self.challenger, self.top_n, batch_size=self.batch_size,
+                                                        parallel=self.threads, cold_weights=cold, rules=rules,
+                                                        diversity=diversity)
+            source = InteractionsFile(self.features_dir)
+            try:
+                self.user_ids = source.ids(USER_MAP)
+            finally:
+                source.close()
 
     def process(self, user_range):
         import numpy as np
@@ -128,14 +144,25 @@ class ScoreUserRange(beam.DoFn):
         if self.new_items is not None:  # + the new items' columns, so seen ones are masked
             history = self.new_items.history(history, users)
         known = np.asarray(self.model.has_user(users, history), dtype=bool)  # incl. users folded in from history
-        for rows, scorer in ((np.flatnonzero(known), self.scorer), (np.flatnonzero(~known), self.fallback_scorer)):
+        arm = groups = None
+        if self.challenger is None:
+            groups = ((np.flatnonzero(known), self.scorer), (np.flatnonzero(~known), self.fallback_scorer))
+        else:
+            from nightly_topn.experiments import in_challenger
+
+            arm = in_challenger(self.user_ids.slice(start, end - start).to_pylist(), self.experiment,
+                                self.challenger_share)
+            known[arm] = np.asarray(self.challenger.has_user(users[arm], history[np.flatnonzero(arm)]), dtype=bool)
+            groups = ((np.flatnonzero(known & ~arm), self.scorer), (np.flatnonzero(known & arm), self.challenger_scorer),
+                      (np.flatnonzero(~known), self.fallback_scorer))
+        for rows, scorer in groups:
             if not len(rows):
                 continue
             contiguous = rows[-1] - rows[0] + 1 == len(rows)
             rows_history = history[rows[0] : rows[-1] + 1] if contiguous else history[rows]
             idx, val = scorer.recommend(users[rows], rows_history)
             items[rows, : idx.shape[1]], scores[rows, : idx.shape[1]] = idx, val
-        yield start, end, items, scores, known
+        yield start, end, items, scores, known, arm
 
     def teardown(self):
         close = getattr(getattr(self, "history", None), "close", None)
@@ -151,10 +178,10 @@ class WriteRangeParquet(beam.DoFn):
     """
 
     def __init__(self, features_dir: str, output_dir: str, logical_date: str, model_version: str,
-                 row_group_size: int = DEFAULT_ROW_GROUP):
+                 row_group_size: int = DEFAULT_ROW_GROUP, challenger_version: str = ""):
         self.features_dir, self.output_dir = features_dir, output_dir
         self.logical_date, self.model_version = logical_date, model_version
-        self.row_group_size = row_group_size
+        self.row_group_size, self.challenger_version = row_group_size, challenger_version
 
     def setup(self):
         from nightly_topn.features import ITEM_MAP, USER_MAP, InteractionsFile
@@ -170,8 +197,9 @@ class WriteRangeParquet(beam.DoFn):
 
             self.item_ids = pa.concat_arrays([self.item_ids, new_items.ids])
 
-    def to_batch(self, start, end, items, scores, known):
-        """The range as one Arrow record batch in the ``schemas.TOPN`` layout (vectorised)."""
+    def to_batch(self, start, end, items, scores, known, arm=None):
+        """The range as one Arrow record batch in the ``schemas.TOPN`` layout (vectorised); ``arm``:
+        which users are in the A/B challenger's arm (None: everybody is the champion's)."""
         import datetime as dt
 
         import numpy as np
@@ -179,6 +207,7 @@ class WriteRangeParquet(beam.DoFn):
         import pyarrow.compute as pc
 
         from nightly_topn import schemas
+        from nightly_topn.experiments import CHALLENGER, CHAMPION
 
         n = end - start
         valid = items >= 0
@@ -197,8 +226,11 @@ class WriteRangeParquet(beam.DoFn):
                 pa.ListArray.from_arrays(offsets, item_ids),
                 pa.ListArray.from_arrays(offsets, pa.array(flat_scores, pa.float32())),
                 pc.if_else(pa.array(known), "model", "fallback"),
-                pa.repeat(pa.scalar(self.model_version, pa.string()), n),
+                pa.repeat(pa.scalar(self.model_version, pa.string()), n) if arm is None else
+                pc.if_else(pa.array(arm), self.challenger_version, self.model_version),
                 pa.repeat(pa.scalar(dt.date.fromisoformat(self.logical_date), pa.date32()), n),
+                pa.repeat(pa.scalar(CHAMPION, pa.string()), n) if arm is None else
+                pc.if_else(pa.array(arm), CHALLENGER, CHAMPION),
             ],
             schema=schemas.TOPN,
         )
@@ -270,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--row_group_size", type=int, default=DEFAULT_ROW_GROUP, help="users per Parquet row group")
     parser.add_argument("--diversity_strength", type=float, default=0.0,
                         help="MMR strength (0 = plain ranking), over the features' item categories")
+    parser.add_argument("--challenger", default="", help="A/B: directory of the challenger model (empty = no experiment)")
+    parser.add_argument("--challenger_version", default="", help="A/B: the challenger's model version")
+    parser.add_argument("--challenger_share", type=float, default=0.0, help="A/B: share of users in its arm")
+    parser.add_argument("--experiment", default="", help="A/B: experiment name (salt of the user assignment)")
     parser.add_argument("--scoring_threads", type=int, default=0,
                         help="torch/BLAS threads per worker process (0 = cores / local worker processes)")
     return parser
@@ -292,10 +328,11 @@ def run(argv=None) -> None:
             | "Spread" >> beam.Reshuffle()
             | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
                                                   known_args.top_n, known_args.batch_size, threads,
-                                                  known_args.diversity_strength))
+                                                  known_args.diversity_strength, known_args.challenger,
+                                                  known_args.experiment, known_args.challenger_share))
             | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
                                                       known_args.logical_date, known_args.model_version,
-                                                      known_args.row_group_size))
+                                                      known_args.row_group_size, known_args.challenger_version))
         )
 
 

@@ -334,7 +334,8 @@ def test_ids_too_long_for_parquet_statistics_are_still_indexed(tmp_path):
     ids = ["a" * 10_000, "b" * 10_000, "c"]
     table = pa.table({"user_id": ids, "item_ids": [["i1"], ["i2"], ["i3"]], "scores": [[1.0], [1.0], [1.0]],
                       "source": ["model"] * 3, "model_version": ["m"] * 3,
-                      "logical_date": pa.array([19783] * 3, pa.int32()).cast(pa.date32())}, schema=TOPN)
+                      "logical_date": pa.array([19783] * 3, pa.int32()).cast(pa.date32()), "arm": ["champion"] * 3},
+                     schema=TOPN)
     pq.write_table(table, tmp_path / "part-0-3.parquet", row_group_size=2, **PARQUET_OPTIONS)
     stats = pq.read_metadata(tmp_path / "part-0-3.parquet").row_group(0).column(0).statistics
     assert stats is None or not stats.has_min_max  # the writer really dropped them

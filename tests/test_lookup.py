@@ -237,14 +237,15 @@ def test_export_lines_escape_odd_ids_and_match_the_json_path(published):
     assert parsed(export_lines(batch, "tsv"), True) == parsed(json_lines(batch.to_pylist(), "tsv"), True) == parsed(fast)
     odd = pa.RecordBatch.from_pylist([
         {"user_id": 'u"1\\', "item_ids": ['i\t2', "i3"], "scores": [0.5, 0.25], "source": "model",
-         "model_version": "v", "logical_date": dt.date(2024, 3, 4)},
+         "model_version": "v", "logical_date": dt.date(2024, 3, 4), "arm": "champion"},
         {"user_id": "u2", "item_ids": [], "scores": [], "source": "fallback", "model_version": "v",
-         "logical_date": dt.date(2024, 3, 4)},
+         "logical_date": dt.date(2024, 3, 4), "arm": "champion"},
     ], schema=schemas.TOPN)
     lines = [json.loads(line) for line in export_lines(odd).splitlines()]
     assert lines[0]["key"] == 'u"1\\' and lines[0]["value"]["item_ids"] == ["i\t2", "i3"]
     assert lines[1] == {"key": "u2", "value": {"item_ids": [], "scores": [], "source": "fallback",
-                                               "model_version": "v", "logical_date": "2024-03-04"}}
+                                               "model_version": "v", "logical_date": "2024-03-04",
+                                               "arm": "champion"}}
     plain = [json.loads(line) for line in export_lines(odd.slice(1, 1)).splitlines()]  # the Arrow path
     assert plain == lines[1:]
     for line, row in zip(fast.splitlines(), table.slice(0, 50).to_pylist()):
@@ -262,14 +263,14 @@ def _odd_batch(ids):
     from nightly_topn import schemas
 
     rows = [{"user_id": user, "item_ids": [f"i{n}", "i\t" + user], "scores": [0.5, 0.25], "source": "model",
-             "model_version": "v1", "logical_date": dt.date(2024, 3, 4)} for n, user in enumerate(ids)]
+             "model_version": "v1", "logical_date": dt.date(2024, 3, 4), "arm": "champion"} for n, user in enumerate(ids)]
     rows[0]["item_ids"] = ["i0", "i1"]  # the first row on its own needs no escaping in its value
     return pa.RecordBatch.from_pylist(rows, schema=schemas.TOPN), rows
 
 
 def _expected_value(row):
     return {"item_ids": row["item_ids"], "scores": row["scores"], "source": row["source"],
-            "model_version": row["model_version"], "logical_date": row["logical_date"].isoformat()}
+            "model_version": row["model_version"], "logical_date": row["logical_date"].isoformat(), "arm": row["arm"]}
 
 
 def _tsv_key(key: str) -> str:

@@ -175,7 +175,8 @@ def test_fold_in_users_fallback_users_and_short_lists(root, tmp_path):
     for row in range(30, 35):  # no history at all: only the fallback can score them
         lil.rows[row], lil.data[row] = [], []
     score.history = sp.csr_matrix(lil)
-    start, end, items, scores, known = next(score.process((0, 40)))
+    start, end, items, scores, known, arm = next(score.process((0, 40)))
+    assert arm is None  # no A/B experiment: every user is the champion's
     assert known[:30].all() and not known[30:35].any() and known[35:].all()
     fold_idx, _ = score.model.recommend(np.arange(10, 20), score.history[10:20], 15)
     assert np.array_equal(items[10:20], fold_idx)

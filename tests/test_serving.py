@@ -73,7 +73,8 @@ def test_ids_that_need_json_escaping_come_out_as_valid_json():
     ids = ['u"quote', "u\\back", "u\nline", "u\ttab", "ü-ok"]
     table = pa.table({"user_id": ids, "item_ids": [['i"1', "i\\2"]] * 5, "scores": [[0.5, 0.25]] * 5,
                       "source": ["model"] * 5, "model_version": ["m"] * 5,
-                      "logical_date": pa.array([dt.date(2024, 3, 1)] * 5, pa.date32())}, schema=TOPN)
+                      "logical_date": pa.array([dt.date(2024, 3, 1)] * 5, pa.date32()), "arm": ["champion"] * 5},
+                     schema=TOPN)
     out = [json.loads(b) for b in bodies(table.to_batches()[0], "topn/dt=2024-03-01/v=x").to_pylist()]
     assert [b["user_id"] for b in out] == ids and out[0]["items"] == ['i"1', "i\\2"] and out[0]["scores"] == [0.5, 0.25]
 

@@ -5,7 +5,7 @@ per user or item), and the Parquet backend builds one from a ``TopNReader`` row 
 both give the same JSON value (a test checks it on every user of a version)::
 
     {"user_id": ..., "version": "topn/dt=D/v=V", "date": "D", "model_version": ...,
-     "source": "model" | "fallback", "items": [...], "scores": [...]}
+     "source": "model" | "fallback", "arm": "champion" | "challenger", "items": [...], "scores": [...]}
 
 Scores are written as the shortest decimal that reads back as the same float32 (as ``export``).
 """
@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from nightly_topn.errors import BadInput, cause_of
+from nightly_topn.experiments import CHAMPION
 
 _STRINGS = ("user_id", "source", "model_version")
 
@@ -30,7 +31,8 @@ def body_of(row: dict, version: str) -> bytes:
     if pc.all(pc.is_finite(scores)).as_py() is False:
         raise BadInput(f"user {row['user_id']!r} of {version} has a non-finite score")
     head = json.dumps({"user_id": row["user_id"], "version": version, "date": str(row["logical_date"]),
-                       "model_version": row["model_version"], "source": row["source"], "items": row["item_ids"]},
+                       "model_version": row["model_version"], "source": row["source"],
+                       "arm": row.get("arm") or CHAMPION, "items": row["item_ids"]},
                       ensure_ascii=False, separators=(",", ":"))
     return f'{head[:-1]},"scores":[{",".join(pc.cast(scores, pa.string()).to_pylist())}]}}'.encode()
 
@@ -40,7 +42,8 @@ def bodies(batch: pa.RecordBatch | pa.Table, version: str) -> pa.Array:
     items, scores = batch.column("item_ids"), batch.column("scores")
     if pc.all(pc.is_finite(pc.list_flatten(scores))).as_py() is False:
         raise BadInput(f"{version} has non-finite scores; the top-N gate should have refused it")
-    strings = [batch.column(c) for c in _STRINGS] + [pc.list_flatten(items)]
+    arm = arm_column(batch)
+    strings = [batch.column(c) for c in _STRINGS] + [arm, pc.list_flatten(items)]
     if any(map(_needs_escape, strings)) or _needs_escape(pa.array([version])):
         return pc.cast(pa.array([body_of(row, version) for row in batch.to_pylist()], pa.binary()), pa.string())
     join = pc.binary_join_element_wise
@@ -49,8 +52,16 @@ def bodies(batch: pa.RecordBatch | pa.Table, version: str) -> pa.Array:
     score_list = join("[", pc.binary_join(pc.cast(scores, pa.list_(pa.string())), ","), "]", "")
     return join('{"user_id":"', batch.column("user_id"), f'","version":"{version}","date":"',
                 pc.cast(batch.column("logical_date"), pa.string()), '","model_version":"',
-                batch.column("model_version"), '","source":"', batch.column("source"), '","items":', item_list,
+                batch.column("model_version"), '","source":"', batch.column("source"), '","arm":"', arm,
+                '","items":', item_list,
                 ',"scores":', score_list, "}", "")
+
+
+def arm_column(batch: pa.RecordBatch | pa.Table):
+    """The batch's A/B ``arm`` column; a version written before it existed is all the champion's."""
+    if "arm" in batch.schema.names:
+        return batch.column("arm")
+    return pa.repeat(pa.scalar(CHAMPION, pa.string()), batch.num_rows)
 
 
 def _needs_escape(strings) -> bool:
