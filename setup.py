@@ -48,7 +48,10 @@ setup(
         "psutil>=5.9",  # is a staging folder's writer still alive
         "jinja2>=3.1",  # the run report's HTML
     ],
-    # test: the suite and the development tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers)
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27"]},
+    # dask: the top-N step on Beam's Dask runner (a dask.distributed cluster); test: the suite and the
+    # development tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers; a local Dask cluster)
+    extras_require={"dask": ["apache-beam[dask]==2.77.*"],
+                    "test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27",
+                             "apache-beam[dask]==2.77.*"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

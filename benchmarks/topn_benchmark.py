@@ -18,7 +18,11 @@ leak between them; RSS = the sum over the process tree, sampled every 20 ms):
 * ``pipeline``: the real ``jobs.topn.topn`` (Beam pipeline: read model + history → score →
   Parquet part files on disk + lookup index + manifest), timed by the job itself, on the
   default DirectRunner and on ``--direct_running_mode=multi_processing --direct_num_workers=2``;
-  the two outputs are compared row for row.
+  the two outputs are compared row for row; and on Beam's Dask runner against a local
+  ``dask.distributed`` cluster started for the run (``tools.local_dask``: scheduler + 2 worker
+  processes of one thread on 127.0.0.1, ``--scoring_threads=1``) twice: the fresh cluster's first
+  run, then its second (what a long-lived cluster sees nightly); peak RSS sampled per worker
+  process, output compared row for row with the DirectRunner's (``--skip dask`` to leave out).
 * ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(per user: NumPy dot
   product, mask seen, argpartition + argsort, yield a dict) | WriteToParquet`` — on the same
   runners, on samples of ``S`` and ``2S`` users (``--naive-sample`` 10,000 in-process,
@@ -41,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import threading
 import time
@@ -49,9 +52,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(1, str(HERE.parent))  # the repo root: tools/ (a local Dask cluster) is not installed
 
 DATE = "2024-03-01"
 MP_FLAGS = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 # -- tasks (each runs in a fresh process: ``--task NAME``) --------------------------------------
@@ -272,34 +277,54 @@ TASKS = {"similar": task_similar, "bound": task_bound, "kernel": task_kernel, "i
 # -- the orchestrator ----------------------------------------------------------------------
 def run_task(name: str, args, extra: list[str] = ()) -> dict:
     """Run ``--task name`` in a child process; its JSON result + peak RSS of its process tree."""
-    import psutil
+    from measure import run_measured
 
     cmd = [sys.executable, str(Path(__file__).resolve()), "--task", name, "--root", str(args.root),
            "--top-n", str(args.top_n), "--batch-size", str(args.batch_size), "--range-size", str(args.range_size),
            "--factors", str(args.factors), "--items", str(args.items), *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, done = [0], threading.Event()
-
-    def sample():
-        parent = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                total = sum(p.memory_info().rss for p in [parent, *parent.children(recursive=True)])
-                peak[0] = max(peak[0], total)
-            except psutil.Error:
-                pass
-            done.wait(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    done.set()
-    sampler.join()
-    if proc.returncode != 0:
-        raise RuntimeError(f"task {name} failed ({proc.returncode}):\n{stderr[-4000:]}")
-    result = json.loads(stdout.strip().splitlines()[-1])
-    result["peak_rss_mib"] = peak[0] / 2**20
+    done = run_measured(cmd)
+    if done.returncode != 0:
+        raise RuntimeError(f"task {name} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["peak_rss_mib"] = done.peak_rss / 2**20
     return result
+
+
+def dask_run(args, workers: int = 2) -> tuple[dict, dict]:
+    """The pipeline task on Beam's Dask runner, twice, against one fresh local cluster
+    (``tools.local_dask``: scheduler + ``workers`` one-thread worker processes on 127.0.0.1), one
+    scoring thread per worker: the first run is a just-started cluster's, the second what a
+    long-lived cluster runs every night after its first. Peak RSS sampled per worker process
+    (the task's own figure is the launching job's)."""
+    import psutil
+
+    from tools.local_dask import LocalDask
+
+    with LocalDask(workers=workers) as cluster:
+        procs = [psutil.Process(pid) for pid in cluster.pids()]
+        peaks, done = [0] * workers, threading.Event()
+
+        def sample():
+            while not done.is_set():
+                for i, proc in enumerate(procs):
+                    try:
+                        peaks[i] = max(peaks[i], proc.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                done.wait(0.02)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            flags = [f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster.address}", "--scoring_threads=1"]
+            first = run_task("pipeline", args, [f"--beam={f}" for f in flags])
+            second = run_task("pipeline", args, [f"--beam={f}" for f in flags])
+        finally:
+            done.set()
+            sampler.join()
+    for result in (first, second):
+        result["worker_peak_rss_mib"] = [round(p / 2**20) for p in peaks]
+    return first, second
 
 
 def naive_rate(args, beam: list[str], n_users: int, sample: int) -> dict:
@@ -394,7 +419,7 @@ def main(argv=None):
     parser.add_argument("--items", type=int, default=26_744)
     parser.add_argument("--interactions", type=int, default=20_000_263)
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--skip", default="", help="comma list of: implicit,naive,mp (multi-process runs)")
+    parser.add_argument("--skip", default="", help="comma list of: implicit,naive,mp (multi-process runs),dask")
     parser.add_argument("--json", help="also write all figures to this JSON file")
     # internal: run one task in this process
     parser.add_argument("--task", choices=sorted(TASKS))
@@ -443,12 +468,18 @@ def main(argv=None):
         runs.setdefault("pipeline", []).append(run_task("pipeline", args))
         if "mp" not in skip:
             runs.setdefault("pipeline_mp", []).append(run_task("pipeline", args, [f"--beam={f}" for f in MP_FLAGS]))
+        if "dask" not in skip:
+            first, second = dask_run(args)
+            runs.setdefault("pipeline_dask_first", []).append(first)
+            runs.setdefault("pipeline_dask", []).append(second)
     for key, results in runs.items():
         rate = (lambda x: x["square_gflops"]) if key == "bound" else (lambda x: x["users_per_s"])
         r[key] = {**max(results, key=rate), "all_runs": [round(rate(x), 1) for x in results],
                   "peak_rss_mib": max(x.get("peak_rss_mib", 0) for x in results)}
     if "pipeline_mp" in r:
         r["identical_single_vs_multi"] = identical_outputs(r["pipeline"]["path"], r["pipeline_mp"]["path"])
+    if "pipeline_dask" in r:
+        r["identical_single_vs_dask"] = identical_outputs(r["pipeline"]["path"], r["pipeline_dask"]["path"])
     if "naive" not in skip:
         r["naive"] = naive_rate(args, [], n_users, args.naive_sample)
         if "mp" not in skip:
@@ -485,6 +516,11 @@ def report(r, args):
     if "pipeline_mp" in r:
         rows.append(("pipeline end to end, DirectRunner multi_processing x2", r["pipeline_mp"]["users_per_s"],
                      r["pipeline_mp"]["peak_rss_mib"]))
+    if "pipeline_dask" in r:
+        rows.append(("pipeline end to end, Dask 2 workers x 1 thread, fresh cluster",
+                     r["pipeline_dask_first"]["users_per_s"], max(r["pipeline_dask_first"]["worker_peak_rss_mib"])))
+        rows.append(("pipeline end to end, Dask 2 workers x 1 thread, running cluster",
+                     r["pipeline_dask"]["users_per_s"], max(r["pipeline_dask"]["worker_peak_rss_mib"])))
     for key, label in (("naive", "naive 1 user/element DoFn, DirectRunner (extrapolated)"),
                        ("naive_mp", "naive 1 user/element DoFn, multi_processing x2 (extrap.)")):
         if key in r:
@@ -508,7 +544,9 @@ def report(r, args):
     print(f"{'bulk export to JSON lines (nightly-topn export), %d users' % ex['users']:62s} {ex['users_per_s']:9.0f} users/s"
           f"  {ex['mib']:.0f} MiB")
     print("all runs (users/s; GFLOP/s for the bound): " + ", ".join(
-        f"{k} {r[k]['all_runs']}" for k in ("bound", "kernel", "implicit", "pipeline", "pipeline_mp") if k in r))
+        f"{k} {r[k]['all_runs']}" for k in ("bound", "kernel", "implicit", "pipeline", "pipeline_mp", "pipeline_dask_first",
+                                      "pipeline_dask")
+        if k in r))
     for key in ("naive", "naive_mp"):
         if key in r:
             n = r[key]
@@ -516,6 +554,9 @@ def report(r, args):
                   f"{n['marginal_users_per_s']:.0f} users/s" + ("  (* noise-dominated: no fixed cost assumed)" if n["noise_dominated"] else ""))
     if "identical_single_vs_multi" in r:
         print(f"single-process vs multi-process output identical: {r['identical_single_vs_multi']}")
+    if "pipeline_dask" in r:
+        print(f"single-process vs Dask output identical: {r['identical_single_vs_dask']}; Dask worker peak RSS "
+              f"{r['pipeline_dask']['worker_peak_rss_mib']} MiB, launching job {r['pipeline_dask']['peak_rss_mib']:.0f} MiB")
     print(f"kernel agreement with model.recommend on 200 users: {r['kernel']['agreement_with_model_recommend']:.3f}")
     print(f"load average start {r['load_avg_start'][0]:.1f}, end {r['load_avg_end'][0]:.1f} on {r['cpus']} CPUs; "
           f"benchmark wall {r['wall_seconds']:.0f} s")
@@ -532,6 +573,10 @@ def report(r, args):
     if "naive_mp" in r and "pipeline_mp" in r:
         checks.append(("pipeline >= 6x naive DoFn, multi_processing",
                        r["pipeline_mp"]["users_per_s"] / r["naive_mp"]["users_per_s"], 6.0))
+    if "pipeline_dask" in r and "pipeline_mp" in r:
+        for key, label in (("pipeline_dask", "running"), ("pipeline_dask_first", "fresh")):
+            checks.append((f"Dask 2 workers ({label} cluster) >= 0.8x multi_processing",
+                           r[key]["users_per_s"] / r["pipeline_mp"]["users_per_s"], 0.8))
     for name, value, target in checks:
         print(f"  {name:52s} {value:6.2f}x  {'PASS' if value >= target else 'FAIL'}")
     peak = max(r["pipeline"]["peak_rss_mib"], r.get("pipeline_mp", {}).get("peak_rss_mib", 0))

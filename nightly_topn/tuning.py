@@ -9,9 +9,14 @@ validation users are halved: each model's best configuration is chosen on the se
 the models are compared on the check half, which no search saw (``validation_halves``). Both
 choices use validation only; the caller refits the choice on all training data.
 
+The budget is wall clock, at any data size: a trial starts only while the longest trial so far
+still fits in what is left, and each fit runs under ``models.base.fit_deadline`` at the budget's
+end, so iterative models stop between iterations or mini-batches (``Trial.stopped``).
+
 Reproducibility: the trial order, the seeds and the data decide the result. The budget only
-decides how many trials run, and the number tried is recorded with every result, so a rerun
-with ``max_trials`` set to that number reproduces the choice exactly on any machine.
+decides how many trials run (and where a trial cut by it stopped), and both are recorded with
+every result (``trial_log``), so a rerun with ``max_trials`` set to that number reproduces the
+choice on any machine fast enough to finish those trials.
 """
 from __future__ import annotations
 
@@ -97,6 +102,10 @@ class Trial:
     error: str | None = None
     #: (metric, its standard error) on the check half of the validation users, which the search never sees
     check: tuple[float, float] | None = None
+    #: How far an iterative fit got when it reached the budget (``Recommender.stopped_early``), else None
+    stopped: dict | None = None
+    #: Seconds of the trial spent scoring the validation users (the rest fitting)
+    eval_seconds: float = 0.0
 
 
 @dataclass
@@ -129,7 +138,8 @@ class TuningResult:
                 "trials": len(self.trials), "budget_seconds": round(self.budget_seconds, 1),
                 "seconds": round(self.seconds, 2), "exhausted": self.exhausted,
                 "trial_log": [{"params": t.params, "metric": round(t.metric, 5), "seconds": round(t.seconds, 2),
-                               **({"error": t.error} if t.error else {})} for t in self.trials]}
+                               **({"error": t.error} if t.error else {}),
+                               **({"stopped": t.stopped} if t.stopped else {})} for t in self.trials]}
 
 
 def params_with_seed(name: str, params: dict, seed: int) -> dict:
@@ -144,16 +154,24 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
                k: int = 10, budget_seconds: float = 60.0, seed: int = 42, metric: str = "ndcg",
                max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2,
                fixed: dict | None = None) -> TuningResult:
-    """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` (at least one trial runs).
+    """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` of wall clock.
 
-    Order: greedy coordinate descent from the grid's first values (each knob swept with the
+    The budget holds at any data size: a trial starts only if the longest trial so far still fits
+    in what is left, and every fit runs under a ``fit_deadline`` at the budget's end (less the
+    longest validation scoring so far), so an iterative model stops between iterations or
+    mini-batches and is scored as far as it got (recorded in the trial's ``stopped``). The first
+    trial always runs. Only a model fit in one step (EASE, item-kNN, PureSVD) can overrun, by at
+    most that one fit. Order: greedy coordinate descent from the grid's first values (each knob swept with the
     others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
     budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
     ``fixed``: knobs held at a value instead of searched (those the model has).
     """
+    from nightly_topn.models.base import fit_deadline
+
     grid = _grid(name, fixed)
     started = time.perf_counter()
+    ends = time.monotonic() + budget_seconds
     search_rows, check_rows = validation_halves(validation, seed)
     result = TuningResult(name, {}, -np.inf, budget_seconds=budget_seconds)
     tried: dict[tuple, float] = {}
@@ -163,15 +181,21 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
         key = tuple(sorted(cfg.items()))
         if key in tried:
             return tried[key]
-        if result.trials and (time.perf_counter() - started >= budget_seconds
+        longest = max((t.seconds for t in result.trials), default=0.0)
+        if result.trials and (time.perf_counter() - started + longest > budget_seconds
                               or (max_trials and len(result.trials) >= max_trials)):
             state["stop"] = True
             return -np.inf
         params = params_with_seed(name, cfg, seed)
         t0 = time.perf_counter()
-        check = None
+        check = stopped = None
+        scoring = max((t.eval_seconds for t in result.trials), default=0.0)
+        t_eval = t0
         try:
-            model = MODELS[name](**params).fit(fit, times)
+            model = MODELS[name](**params)
+            with fit_deadline(ends - scoring):
+                model = model.fit(fit, times)
+            stopped, t_eval = model.stopped_early, time.perf_counter()
             metrics = evaluate_model(model, fit, search_rows, k)
             value, error = float(metrics[metric]), None
             if check_rows is not None:
@@ -179,10 +203,12 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
                 check = (float(scored[metric]), float(scored.get(f"{metric}_se", 0.0)))
         except (MemoryError, ValueError, np.linalg.LinAlgError) as exc:  # a config the data cannot support
             metrics, value, error = {}, -np.inf, f"{type(exc).__name__}: {exc}"
-        result.trials.append(Trial(name, params, value, metrics, time.perf_counter() - t0, error, check))
+        done = time.perf_counter()
+        result.trials.append(Trial(name, params, value, metrics, done - t0, error, check, stopped,
+                                   done - t_eval if t_eval > t0 else 0.0))
         tried[key] = value
-        log.info("tune %s %s -> %s=%.4f (%.1fs)%s", name, cfg, metric, value, result.trials[-1].seconds,
-                 f" [{error}]" if error else "")
+        log.info("tune %s %s -> %s=%.4f (%.1fs)%s%s", name, cfg, metric, value, result.trials[-1].seconds,
+                 f" [{error}]" if error else "", f" [stopped at the budget: {stopped}]" if stopped else "")
         if value > result.best_metric + 1e-6:
             result.best_metric, result.best_params = value, params
             state["since_best"] = 0

@@ -29,10 +29,14 @@ Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/r
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
+import threading
+import time
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.utils.shared import Shared
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +75,44 @@ def local_copy(model_dir: str) -> str:
     return local
 
 
+#: How often this process loaded each model directory (``ModelCache``): once per worker process
+#: whatever the runner; the tests read it on the DirectRunner's and on Dask's worker processes.
+MODEL_LOADS: collections.Counter = collections.Counter()
+
+
+class ModelCache:
+    """The models one worker process has loaded, by directory, shared by the process's DoFns.
+
+    Most runners set a DoFn up once and reuse it for many bundles; Beam's Dask runner sets it up
+    for every partition. The cache is held through one Beam ``Shared`` handle per pipeline run,
+    so a model is read once per process on any runner, and the DoFn instances of a process's
+    threads share one read-only copy. (Scorers, history readers and buffers stay per DoFn.)
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._models = {}
+
+    def load(self, model_dir: str):
+        with self._lock:  # a second thread waits for the model rather than reading it again
+            if model_dir not in self._models:
+                from nightly_topn.models import load_model
+
+                started = time.perf_counter()
+                self._models[model_dir] = load_model(local_copy(model_dir))
+                MODEL_LOADS[model_dir] += 1
+                log.info("loaded %s in %.2f s", model_dir, time.perf_counter() - started)
+            return self._models[model_dir]
+
+
 class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
                  threads: int = 0, diversity_strength: float = 0.0, challenger_dir: str = "", experiment: str = "",
-                 challenger_share: float = 0.0):
+                 challenger_share: float = 0.0, models: Shared | None = None):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
+        self.models = models or Shared()  # -> ModelCache, one per worker process
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
         self.diversity_strength = diversity_strength
         # A/B: users hashed into the challenger's arm (nightly_topn.experiments) are scored by it
@@ -87,7 +122,6 @@ class ScoreUserRange(beam.DoFn):
         # Heavy state once per worker, not per element; history is read per range (``History``).
         from nightly_topn import scoring
         from nightly_topn.features import History, read_new_items
-        from nightly_topn.models import load_model
         from nightly_topn.rules import CandidateRules
 
         self.threads = scoring.configure_threads(self.threads or None)
@@ -107,8 +141,8 @@ class ScoreUserRange(beam.DoFn):
                 raise ValueError(f"diversity_strength={self.diversity_strength} needs item categories; "
                                  f"{self.features_dir} has none (land items.* with a categories column)")
             diversity = (CategorySimilarity(categories, n_items), self.diversity_strength)
-        self.model = load_model(local_copy(self.model_dir))
-        self.fallback = load_model(local_copy(self.fallback_dir))
+        models = self.models.acquire(ModelCache)
+        self.model, self.fallback = models.load(self.model_dir), models.load(self.fallback_dir)
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
         self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads,
@@ -123,7 +157,7 @@ class ScoreUserRange(beam.DoFn):
         if self.challenger_dir:
             from nightly_topn.features import USER_MAP, InteractionsFile
 
-            self.challenger = load_model(local_copy(self.challenger_dir))
+            self.challenger = models.load(self.challenger_dir)
             self.challenger_scorer = scoring.TopNScorer(self.challenger, self.top_n, batch_size=self.batch_size,
                                                         parallel=self.threads, cold_weights=cold, rules=rules,
                                                         diversity=diversity)
@@ -258,6 +292,27 @@ def user_ranges(n_users: int, range_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + range_size, n_users)) for lo in range(0, n_users, range_size)]
 
 
+def runner_name(options: PipelineOptions) -> str:
+    """The runner's class name (``--runner`` may be a name, a dotted path or an instance)."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
+
+
+def runner_args(pipeline_args: list[str], n_ranges: int) -> list[str]:
+    """``pipeline_args`` plus what a runner needs to spread the ranges over its workers.
+
+    Beam's Dask runner turns ``Create`` into a Dask bag of 128 elements per partition and skips
+    ``Reshuffle``, and a partition is its unit of work: the ranges would all run in one task, on
+    one worker. Unless the deployment partitions the bag itself, each range gets its own partition.
+    """
+    if runner_name(PipelineOptions(pipeline_args)) == "DaskRunner" and not any(
+            arg.startswith(("--dask_npartitions", "--dask_partition_size")) for arg in pipeline_args):
+        return [*pipeline_args, f"--dask_npartitions={max(1, n_ranges)}"]
+    return list(pipeline_args)
+
+
 def threads_per_worker(options: PipelineOptions, requested: int = 0) -> int:
     """Scoring threads per worker process so that workers × threads ≤ cores (0 = decide here).
 
@@ -268,15 +323,13 @@ def threads_per_worker(options: PipelineOptions, requested: int = 0) -> int:
     """
     if requested:
         return requested
-    from apache_beam.options.pipeline_options import DirectOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions
 
     from nightly_topn.scoring import available_cores
 
     from nightly_topn.config import LOCAL_RUNNERS
 
-    runner = (options.view_as(StandardOptions).runner or "DirectRunner")
-    runner = (runner if isinstance(runner, str) else type(runner).__name__).rsplit(".", 1)[-1]
-    if runner not in LOCAL_RUNNERS:
+    if runner_name(options) not in LOCAL_RUNNERS:
         return 0
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode in ("multi_processing", "multi_threading"):
@@ -319,21 +372,29 @@ def run(argv=None) -> None:
     source = InteractionsFile(known_args.features)
     n_users = source.shape[0]
     source.close()
-    options = PipelineOptions(pipeline_args)
+    ranges = user_ranges(n_users, known_args.range_size)
+    options = PipelineOptions(runner_args(pipeline_args, len(ranges)))
     threads = threads_per_worker(options, known_args.scoring_threads)
-    with beam.Pipeline(options=options) as pipeline:
-        (
-            pipeline
-            | "UserRanges" >> beam.Create(user_ranges(n_users, known_args.range_size))
-            | "Spread" >> beam.Reshuffle()
-            | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
-                                                  known_args.top_n, known_args.batch_size, threads,
-                                                  known_args.diversity_strength, known_args.challenger,
-                                                  known_args.experiment, known_args.challenger_share))
-            | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
-                                                      known_args.logical_date, known_args.model_version,
-                                                      known_args.row_group_size, known_args.challenger_version))
-        )
+    pipeline = beam.Pipeline(options=options)
+    (
+        pipeline
+        | "UserRanges" >> beam.Create(ranges)
+        | "Spread" >> beam.Reshuffle()
+        | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
+                                              known_args.top_n, known_args.batch_size, threads,
+                                              known_args.diversity_strength, known_args.challenger,
+                                              known_args.experiment, known_args.challenger_share))
+        | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
+                                                  known_args.logical_date, known_args.model_version,
+                                                  known_args.row_group_size, known_args.challenger_version))
+    )
+    result = pipeline.run()
+    try:
+        result.wait_until_finish()
+    finally:
+        client = getattr(result, "client", None)  # the Dask runner's connection to the scheduler: not
+        if client is not None:  # left open (and reconnecting) in the task's process after the run
+            client.close()
 
 
 if __name__ == "__main__":

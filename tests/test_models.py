@@ -353,3 +353,29 @@ def test_ease_in_float32_and_in_place_matches_the_float64_closed_form(data, monk
     scale = np.abs(expected[~seen]).max()
     assert np.abs(got[~seen] - expected[~seen]).max() / scale < 1e-4
     assert neighbours.ease_peak_bytes(100_000, 27_000) < 6.5e9  # float32: fits where float64 (17 GB) could not
+
+
+ITERATIVE = {"als": "iterations", "bpr": "iterations", "multvae": "epochs", "sequence": "epochs", "horizon": "epochs"}
+
+
+@pytest.mark.parametrize("name", sorted(ITERATIVE))
+def test_an_iterative_fit_stops_at_its_deadline_and_keeps_what_it_learnt(name, data):
+    """The search's trials fit under ``fit_deadline``: a fit past it stops after the pass or
+    mini-batch in progress, says how far it got, and is still a model that recommends."""
+    import time
+
+    from nightly_topn.models.base import fit_deadline
+
+    X, T = data
+    params = {**FAST[name], ITERATIVE[name]: 50}
+    whole = MODELS[name](**params).fit(X, T)
+    assert whole.stopped_early is None
+    with fit_deadline(time.monotonic() - 1):  # already passed
+        cut = MODELS[name](**params).fit(X, T)
+    assert cut.stopped_early["unit"] == ITERATIVE[name] and cut.stopped_early["planned"] == 50
+    assert 0 < cut.stopped_early["done"] <= 1  # one iteration, or one mini-batch of the first epoch
+    users = np.arange(X.shape[0])
+    ids, _ = cut.recommend(users[:20], X[:20], 5)
+    assert (ids >= 0).all()
+    again = MODELS[name](**params).fit(X, T)  # the deadline ended with its block
+    assert again.stopped_early is None

@@ -267,3 +267,17 @@ def test_a_candidate_that_cannot_train_is_excluded_not_fatal(nightly, monkeypatc
     winner, results, info = train_job.select(pairs, RunParams(tuning_budget_seconds=5))
     assert "ease" not in results and "max_dense_gb" in info["excluded"]["ease"]
     assert winner == "puresvd"
+
+
+def test_a_trial_past_the_budget_is_stopped_and_recorded_and_no_trial_starts_after(fit_val):
+    """A search keeps its budget at any data size: an iterative trial stops where the budget ends
+    (recorded in the registry's trial log), and no further trial starts once the longest trial
+    so far no longer fits in what is left."""
+    fit, val = fit_val
+    result = tune_model("bpr", fit, val, budget_seconds=0.05, fixed={"iterations": 100_000})
+    assert len(result.trials) == 1
+    stopped = result.trials[0].stopped
+    assert stopped["unit"] == "iterations" and stopped["planned"] == 100_000 and stopped["done"] < 100_000
+    assert result.summary()["trial_log"][0]["stopped"] == stopped
+    assert not result.exhausted
+    assert np.isfinite(result.best_metric)  # the stopped model was scored as far as it got

@@ -12,7 +12,10 @@ Persistence is ``model.npz`` (plain numeric arrays, loaded with ``allow_pickle=F
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import time
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import ClassVar
@@ -37,6 +40,29 @@ def torch_threads() -> int:
     import os
 
     return max(1, int(os.environ.get(TORCH_THREADS_ENV, "1")))
+
+
+#: When the fit in progress must stop (``time.monotonic()``), or None: set by the search's trials.
+_FIT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("fit_deadline", default=None)
+
+
+@contextlib.contextmanager
+def fit_deadline(at: float | None):
+    """Fits inside this block stop at ``at`` (monotonic seconds). Iterative models check between
+    iterations (implicit) or mini-batches (torch) and keep what they have learnt so far, recording
+    how far they got in ``model.stopped_early``. This is how a search trial fits its budget whatever
+    the data's size. Models fit in one step (EASE, item-kNN, PureSVD, popularity) do not stop."""
+    token = _FIT_DEADLINE.set(at)
+    try:
+        yield
+    finally:
+        _FIT_DEADLINE.reset(token)
+
+
+def time_is_up() -> bool:
+    """Whether the fit in progress has passed its ``fit_deadline`` (never outside one)."""
+    at = _FIT_DEADLINE.get()
+    return at is not None and time.monotonic() >= at
 
 
 #: Floats in one block of users × items while a torch model scores: ``torch_scores`` runs the
@@ -140,6 +166,16 @@ class Recommender(ABC):
         self.params = params
         self.n_items = 0
         self.n_users = 0
+        #: ``{"done": k, "planned": n, "unit": "iterations"|"epochs"}`` when the last fit stopped at its
+        #: ``fit_deadline`` after k of its n passes; None when it ran to the end.
+        self.stopped_early: dict | None = None
+
+    def _stop_here(self, done: float, planned: int, unit: str) -> bool:
+        """Record and return whether the fit must stop now, after ``done`` of ``planned`` passes."""
+        if not time_is_up():
+            return False
+        self.stopped_early = {"done": round(float(done), 2), "planned": int(planned), "unit": unit}
+        return True
 
     @abstractmethod
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "Recommender":

@@ -39,6 +39,10 @@ def fold_in_als(item_factors: np.ndarray, history: sp.csr_matrix, regularization
     return out.astype(np.float32)
 
 
+class _Stopped(Exception):
+    """Raised from implicit's per-iteration callback to end a fit at its deadline."""
+
+
 class _FactorModel(Recommender):
     """Shared scoring: learned user factors for known users, fold-in for the others."""
 
@@ -52,8 +56,17 @@ class _FactorModel(Recommender):
     def _fit_implicit(self, model, interactions: sp.csr_matrix) -> "_FactorModel":
         """Fit an ``implicit`` model on the weighted interactions and keep its factors."""
         X = self._input(interactions)
+        self.stopped_early = None
+
+        def check(iteration, *_):  # after each of implicit's iterations: stop at the search's deadline
+            if iteration + 1 < model.iterations and self._stop_here(iteration + 1, model.iterations, "iterations"):
+                raise _Stopped
+
         with threadpool_limits(1, "blas"):  # implicit's own threads do the work; BLAS threads would contend
-            model.fit(X, show_progress=False)
+            try:
+                model.fit(X, show_progress=False, callback=check)
+            except _Stopped:  # the factors hold the completed iterations
+                pass
         self.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
         self.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
         self.known = np.diff(X.indptr) > 0

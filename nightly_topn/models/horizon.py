@@ -159,7 +159,8 @@ class HorizonRecommender(Recommender):
         taus_t = torch.from_numpy(taus.astype(np.int64))
         batch = int(p["batch_size"])
         n_ex = inputs.shape[0]
-        for _ in range(int(p["epochs"])):
+        self.stopped_early, epochs = None, int(p["epochs"])
+        for epoch in range(epochs):
             order = torch.randperm(n_ex, generator=gen).numpy()
             for lo in range(0, n_ex, batch):
                 sel = order[lo:lo + batch]
@@ -170,6 +171,10 @@ class HorizonRecommender(Recommender):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if self._stop_here(epoch + min(lo + batch, n_ex) / n_ex, epochs, "epochs"):  # the search's deadline
+                    break
+            if self.stopped_early:
+                break
         with torch.no_grad():
             net.trend_now.copy_(trend_t[min(end, len(trend) - 1)])
         self.net = net.eval()

@@ -154,7 +154,8 @@ class SequenceRecommender(Recommender):
         ex_user_t, ex_pos_t, ex_day_t = torch.from_numpy(ex_user), torch.from_numpy(ex_pos), torch.from_numpy(ex_day)
         trend_t = torch.from_numpy(trend)
         batch = int(p["batch_size"])
-        for _ in range(int(p["epochs"])):
+        self.stopped_early, epochs = None, int(p["epochs"])
+        for epoch in range(epochs):
             order = torch.randperm(len(ex_user_t), generator=gen)
             for lo in range(0, len(order), batch):
                 sel = order[lo:lo + batch]
@@ -167,6 +168,10 @@ class SequenceRecommender(Recommender):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if self._stop_here(epoch + min(lo + batch, len(order)) / len(order), epochs, "epochs"):  # the search's deadline
+                    break
+            if self.stopped_early:
+                break
         with torch.no_grad():
             net.trend_now.copy_(trend_t[n_days])  # the catalogue's trend right after the training data
         self.net = net.eval()

@@ -102,6 +102,10 @@ class MultVAE(Recommender):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
+                if self._stop_here(epoch + min(lo + batch, len(order)) / len(order), epochs, "epochs"):  # the search's deadline
+                    break
+            if self.stopped_early:
+                break
         return net.eval()
 
     def fit(self, interactions: sp.csr_matrix, times: sp.csr_matrix | None = None) -> "MultVAE":
@@ -109,6 +113,7 @@ class MultVAE(Recommender):
         if X.nnz == 0:
             raise ValueError("MultVAE cannot train on an empty interaction matrix")
         seed = int(self.params["seed"])
+        self.stopped_early = None
         self.members = [self._train_one(X, seed + 1000 * m) for m in range(max(int(self.params["ensemble"]), 1))]
         self.known = np.diff(X.indptr) > 0
         self.n_users, self.n_items = X.shape
