@@ -1,9 +1,10 @@
-"""Evaluate: score every candidate honestly on the holdout, then the quality gate before publish.
+"""Evaluate: score the winner honestly on the holdout, then the quality gate before publish.
 
-The candidates were tuned on a validation split carved from the evaluation train rows (see
-``jobs/train.py``); here each one's ``eval/<model>`` (refit on the whole evaluation train
-split) recommends for every holdout user with that history masked, and all metrics at K are
-computed (accuracy, coverage, novelty, diversity, per segment: new vs established users), and what the
+The candidates were tuned and compared on a validation split carved from the evaluation train rows
+(see ``jobs/train.py``); here the models train refit on the whole evaluation train split
+(``eval/<model>``: the winner, popularity, an A/B challenger; every candidate with
+``holdout_candidates=all``) each recommend for every holdout user with that history masked, and
+all metrics at K are computed (accuracy, coverage, novelty, diversity, per segment: new vs established users), and what the
 new items add to the winner's lists (``cold_start``: how many exist, how many reach a list, the
 share of users shown one; the gate itself judges the warm lists).
 
@@ -206,7 +207,8 @@ def evaluate(date, *, root=None, params: RunParams = RunParams()) -> dict:
     categories = read_item_categories(features.directory)
     categories = None if categories is None else categories[: len(features.item_ids)]  # warm items only
     k = params.eval_k
-    candidates = info.get("candidates") or [info["model"], "popularity"]
+    # train refits the winner, popularity and an A/B challenger (all candidates with holdout_candidates=all)
+    candidates = info.get("holdout_models") or info.get("candidates") or [info["model"], "popularity"]
     results, recs, winner_model = {}, {}, None
     for name in dict.fromkeys([info["model"], *candidates, "popularity"]):
         model = load_model(models_dir / "eval" / name)

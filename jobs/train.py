@@ -67,7 +67,7 @@ def challenger_of(params: RunParams, winner: str, results: dict, date, fingerpri
 
 #: RunParams that do not change what is trained (a re-run differing only in these reuses the choice).
 NOT_TRAINING = ("top_n", "publish", "allow_older", "min_lift_over_popularity", "champion_tolerance",
-                "challenger_share", "experiment")
+                "challenger_share", "experiment", "holdout_candidates")
 
 
 def params_digest(params: RunParams) -> str:
@@ -157,8 +157,12 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
     split = splits.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
     timings = {}
     with store.staged(store.partition("models", date)) as stage:
-        plan = [("eval", name, split.train) for name in results]
         challenger = challenger_of(params, winner, results, date, fingerprint)
+        # The holdout scores what the gate and the lists need; every other candidate was compared on
+        # validation users the search never saw, and an extra refit each costs minutes at volume.
+        scored = list(results) if params.holdout_candidates == "all" else [
+            name for name in dict.fromkeys([winner, "popularity", challenger and challenger["model"]]) if name in results]
+        plan = [("eval", name, split.train) for name in scored]
         finals = [winner, "popularity"] + ([challenger["model"]] if challenger and challenger["active"] else [])
         plan += [("final", name, None) for name in dict.fromkeys(finals)]
         for purpose, name, mask in plan:
@@ -168,6 +172,7 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
             timings[f"{purpose}/{name}"] = round(time.perf_counter() - t0, 3)
         info = {"model": winner, "params": results[winner].best_params, "model_version": version,
                 "data_fingerprint": fingerprint, "fit_seconds": timings, "candidates": list(results),
+                "holdout_models": scored,
                 "protocol": params.eval_protocol, "selection": selection["selection"],
                 "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds,
                 "challenger": challenger}
@@ -177,7 +182,7 @@ def train(date, *, root=None, params: RunParams = RunParams()) -> dict:
             "code_version": registry.code_version(), "trained_at": registry.today(), "selection": selection,
             "params_digest": params_digest(params), "run_params": params.__dict__,
             "tuning_seconds": tuning_seconds, "tuning_budget_seconds": params.tuning_budget_seconds,
-            "candidates": {name: {**r.summary(), "artifacts": {"eval": f"eval/{name}",
+            "candidates": {name: {**r.summary(), "artifacts": {**({"eval": f"eval/{name}"} if name in scored else {}),
                                                               **({"final": f"final/{name}"} if name in finals else {})},
                                   "fit_seconds": {k.split("/")[0]: v for k, v in timings.items() if k.endswith("/" + name)}}
                            for name, r in results.items()},

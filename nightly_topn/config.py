@@ -176,6 +176,10 @@ class RunParams:
         ge=0.0, le=86400.0,
         description="Wall-clock budget of the hyperparameter search over all candidates "
                     "(0 = no search: each model's default configuration).")] = 30.0
+    holdout_candidates: Annotated[Literal["needed", "all"], Field(
+        description="Which tuned candidates are refit on the evaluation split and scored on the holdout: "
+                    "'needed' (the winner, popularity for the gate, an A/B challenger) or 'all' (every "
+                    "candidate, for the report's comparison, at one more fit each).")] = "needed"
     eval_protocol: Annotated[Literal["temporal", "random"], Field(
         description="Holdout protocol: 'temporal' (pairs after the holdout quantile of event times) "
                     "or 'random' (per-user 20 % holdout, seeded).")] = "temporal"

@@ -132,8 +132,10 @@ def _segments(evaluation: dict) -> list[dict]:
 def _tuning(record: dict | None) -> dict | None:
     if not record:
         return None
-    rows = [{"name": name, "best": _fmt(c.get("best_metric")), "trials": c.get("trials"),
+    rows = [{"name": name, "best": _fmt(c.get("best_metric")), "check": _fmt(c.get("check_metric")),
+             "trials": c.get("trials"), "stopped": sum(1 for t in c.get("trial_log", []) if t.get("stopped")),
              "seconds": _fmt(c.get("seconds")), "budget": _fmt(c.get("budget_seconds")),
+             "refits": ", ".join(f"{purpose} {seconds:.1f}s" for purpose, seconds in (c.get("fit_seconds") or {}).items()),
              "params": json.dumps(c.get("best_params"), sort_keys=True)}
             for name, c in record.get("candidates", {}).items()]
     return {"rows": rows, "fingerprint": record.get("data_fingerprint"), "code_version": record.get("code_version")}

@@ -68,14 +68,17 @@ def test_nightly_train_picks_a_winner_registers_and_reports(nightly):
     record = registry.read_run(store, DATE)
     assert info["model"] == record["winner"] and info["model"] in MODELS
     assert set(info["candidates"]) >= {"popularity", "ease", "itemknn", "als", "horizon"}
+    # every candidate was tuned; only what the gate and the lists need was refit for the holdout
+    assert info["holdout_models"] == [info["model"], "popularity"]
     for name, cand in record["candidates"].items():
-        assert cand["trials"] >= 1 and (store.partition("models", DATE) / "eval" / name / "model.npz").is_file()
+        refit = (store.partition("models", DATE) / "eval" / name / "model.npz").is_file()
+        assert cand["trials"] >= 1 and refit == (name in info["holdout_models"]) == ("eval" in cand["artifacts"])
     assert record["data_fingerprint"] and record["code_version"]
     assert record["candidates"][info["model"]]["holdout_metrics"]["ndcg"] == results["evaluate"]["metrics"][info["model"]]["ndcg"]
     assert record["gate"]["passed"]
     assert (store.partition("models", DATE) / "final" / info["model"] / "model.npz").is_file()
     evaluation = results["evaluate"]
-    assert set(evaluation["metrics"]) == set(info["candidates"])
+    assert set(evaluation["metrics"]) == set(info["holdout_models"])
     m = evaluation["metrics"][info["model"]]
     for key in ("precision", "recall", "recall_capped", "ndcg", "map", "hit_rate", "mrr", "coverage", "novelty"):
         assert 0.0 <= m[key] <= (100 if key == "novelty" else 1.0)
@@ -281,3 +284,13 @@ def test_a_trial_past_the_budget_is_stopped_and_recorded_and_no_trial_starts_aft
     assert result.summary()["trial_log"][0]["stopped"] == stopped
     assert not result.exhausted
     assert np.isfinite(result.best_metric)  # the stopped model was scored as far as it got
+
+
+def test_holdout_candidates_all_scores_every_candidate_on_the_holdout(nightly):
+    """For the report's comparison a run can ask for every candidate on the holdout (one more fit each);
+    the choice is the same, replayed from the registry."""
+    root, first = nightly
+    again = run_day(DATE, root, model="auto", tuning_budget_seconds=10, holdout_candidates="all")
+    info = registry.model_info(Storage.at(root), DATE)
+    assert info["model"] == first["train"]["model"]
+    assert set(info["holdout_models"]) == set(info["candidates"]) == set(again["evaluate"]["metrics"])
