@@ -121,9 +121,10 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
     if failed:  # e.g. EASE refusing a catalogue too large for dense memory: not a candidate tonight
         info["excluded"] = failed
         log.warning("candidates excluded (every configuration failed): %s", failed)
-        if params.model in failed:
+        if params.model in failed and not results[params.model].over_budget:
             raise BadInput(f"the requested model {params.model!r} cannot be trained on this data: {failed[params.model]}")
-        results = {n: r for n, r in results.items() if n not in failed}
+        # a requested model too slow to search within the budget is still trained, untuned
+        results = {n: r for n, r in results.items() if n not in failed or n == params.model}
     if params.model != "auto":
         winner = params.model
         info["selection"] = f"model fixed to {winner} by the run params"

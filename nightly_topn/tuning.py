@@ -92,6 +92,10 @@ def candidate_configs(name: str, seed: int = 42, max_trials: int | None = None) 
     return out[:max_trials] if max_trials else out
 
 
+class OverBudget(Exception):
+    """A model's one-step fit is estimated to need more than its share of the budget."""
+
+
 @dataclass
 class Trial:
     model: str
@@ -117,6 +121,7 @@ class TuningResult:
     budget_seconds: float = 0.0
     seconds: float = 0.0
     exhausted: bool = False  # True when every configuration was tried within the budget
+    over_budget: bool = False  # True when its one-step fit was estimated above its share: not tried
 
     @property
     def selection(self) -> tuple[float, float]:
@@ -160,8 +165,9 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     in what is left, and every fit runs under a ``fit_deadline`` at the budget's end (less the
     longest validation scoring so far), so an iterative model stops between iterations or
     mini-batches and is scored as far as it got (recorded in the trial's ``stopped``). The first
-    trial always runs. Only a model fit in one step (EASE, item-kNN, PureSVD) can overrun, by at
-    most that one fit. Order: greedy coordinate descent from the grid's first values (each knob swept with the
+    trial runs, except for a model fit in one step that estimates its fit's cost
+    (``estimate_fit_seconds``: EASE, whose cost grows with the cube of the catalogue) above its
+    share: it is left out tonight with the estimate as the reason. Order: greedy coordinate descent from the grid's first values (each knob swept with the
     others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
     budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
@@ -193,6 +199,12 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
         t_eval = t0
         try:
             model = MODELS[name](**params)
+            estimate = getattr(model, "estimate_fit_seconds", None)
+            if not result.trials and estimate is not None:  # a one-step fit cannot stop at the deadline
+                expected = estimate(fit)
+                if expected > budget_seconds - (time.perf_counter() - started):
+                    raise OverBudget(f"one fit of {name} would take ~{expected:.0f} s (estimated from smaller fits), "
+                                     f"above its {budget_seconds:.1f} s share of tuning_budget_seconds")
             with fit_deadline(ends - scoring):
                 model = model.fit(fit, times)
             stopped, t_eval = model.stopped_early, time.perf_counter()
@@ -201,6 +213,9 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
             if check_rows is not None:
                 scored = evaluate_model(model, fit, check_rows, k)
                 check = (float(scored[metric]), float(scored.get(f"{metric}_se", 0.0)))
+        except OverBudget as exc:
+            metrics, value, error = {}, -np.inf, str(exc)
+            state["stop"] = result.over_budget = True
         except (MemoryError, ValueError, np.linalg.LinAlgError) as exc:  # a config the data cannot support
             metrics, value, error = {}, -np.inf, f"{type(exc).__name__}: {exc}"
         done = time.perf_counter()

@@ -294,3 +294,31 @@ def test_holdout_candidates_all_scores_every_candidate_on_the_holdout(nightly):
     info = registry.model_info(Storage.at(root), DATE)
     assert info["model"] == first["train"]["model"]
     assert set(info["holdout_models"]) == set(info["candidates"]) == set(again["evaluate"]["metrics"])
+
+
+def test_a_one_step_fit_estimated_above_its_share_is_left_out_with_the_estimate(fit_val, monkeypatch):
+    """EASE cannot stop at a deadline: when its estimated fit cost exceeds its share of the budget,
+    the search does not start it and says why (train then excludes it, or trains it untuned when the
+    run asked for it by name)."""
+    from nightly_topn.models import EASE
+
+    fit, val = fit_val
+    monkeypatch.setattr(EASE, "estimate_fit_seconds", lambda self, X: 500.0)
+    result = tune_model("ease", fit, val, budget_seconds=5)
+    assert result.over_budget and len(result.trials) == 1 and not np.isfinite(result.trials[0].metric)
+    assert "~500 s" in result.trials[0].error and "5.0 s share" in result.trials[0].error
+    monkeypatch.setattr(EASE, "estimate_fit_seconds", lambda self, X: 0.0)
+    assert not tune_model("ease", fit, val, budget_seconds=5, max_trials=2).over_budget
+
+
+def test_ease_estimates_its_fit_from_smaller_fits():
+    import scipy.sparse as sp
+
+    from nightly_topn.models import EASE
+
+    small = sp.random(500, 300, density=0.05, format="csr", random_state=0)
+    assert EASE().estimate_fit_seconds(small) == 0.0  # no larger than the probes: just fit it
+    rng = np.random.default_rng(0)
+    rows, cols = rng.integers(0, 20_000, 200_000), rng.integers(0, 7_000, 200_000)
+    big = sp.csr_matrix((np.ones(200_000, np.float32), (rows, cols)), shape=(20_000, 7_000))
+    assert EASE().estimate_fit_seconds(big) > 0.0
