@@ -1,6 +1,6 @@
 """The whole nightly run at production volume: every job of one date, timed, one run per size.
 
-    . .venv/bin/activate && python benchmarks/nightly_scale.py --events 2e6          # ~10 min
+    . .venv/bin/activate && python benchmarks/nightly_scale.py --events 2e6          # ~2 min here
     python benchmarks/nightly_scale.py --events 2e6,2e7 [--budget 30]                # + the slopes
 
 Per size, a landing folder of ``--days`` daily Parquet drops (``dt=D/events.parquet``,

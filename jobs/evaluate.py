@@ -4,8 +4,8 @@ The candidates were tuned and compared on a validation split carved from the eva
 (see ``jobs/train.py``); here the models train refit on the whole evaluation train split
 (``eval/<model>``: the winner, popularity, an A/B challenger; every candidate with
 ``holdout_candidates=all``) each recommend for every holdout user with that history masked, and
-all metrics at K are computed (accuracy, coverage, novelty, diversity, per segment: new vs established users), and what the
-new items add to the winner's lists (``cold_start``: how many exist, how many reach a list, the
+all metrics at K are computed (accuracy, coverage, novelty, diversity, per segment: new vs
+established users), and what the new items add to the winner's lists (``cold_start``: how many exist, how many reach a list, the
 share of users shown one; the gate itself judges the warm lists).
 
 Gate (both must hold, else nothing new is published):

@@ -167,7 +167,9 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     mini-batches and is scored as far as it got (recorded in the trial's ``stopped``). The first
     trial runs, except for a model fit in one step that estimates its fit's cost
     (``estimate_fit_seconds``: EASE, whose cost grows with the cube of the catalogue) above its
-    share: it is left out tonight with the estimate as the reason. Order: greedy coordinate descent from the grid's first values (each knob swept with the
+    share: it is left out tonight with the estimate as the reason.
+
+    Order: greedy coordinate descent from the grid's first values (each knob swept with the
     others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
     budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.

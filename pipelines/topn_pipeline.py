@@ -76,7 +76,7 @@ def local_copy(model_dir: str) -> str:
 
 
 #: How often this process loaded each model directory (``ModelCache``): once per worker process
-#: whatever the runner; the tests read it on the DirectRunner's and on Dask's worker processes.
+#: whatever the runner; tests/test_dask_runner.py reads it on each Dask worker.
 MODEL_LOADS: collections.Counter = collections.Counter()
 
 
@@ -110,9 +110,9 @@ class ScoreUserRange(beam.DoFn):
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
                  threads: int = 0, diversity_strength: float = 0.0, challenger_dir: str = "", experiment: str = "",
-                 challenger_share: float = 0.0, models: Shared | None = None):
+                 challenger_share: float = 0.0):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
-        self.models = models or Shared()  # -> ModelCache, one per worker process
+        self.models = Shared()  # -> ModelCache, one per worker process and pipeline run
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
         self.diversity_strength = diversity_strength
         # A/B: users hashed into the challenger's arm (nightly_topn.experiments) are scored by it

@@ -1,11 +1,12 @@
 """A private ``dask.distributed`` cluster for tests and benchmarks: one scheduler and N worker
-processes (one thread each, no nanny), all listening on 127.0.0.1
-only, started with Dask's own CLI as a deployment would, each stopped (SIGTERM, then SIGKILL) on exit.
+processes (one thread each, no nanny), all listening on 127.0.0.1 only, started with Dask's own
+CLI as a deployment would, each stopped (SIGTERM, then SIGKILL) on exit.
 
     with LocalDask(workers=2) as cluster:
-        beam_args = [f"--runner=DaskRunner", f"--dask_client_address={cluster.address}"]
+        beam_args = ["--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                     f"--dask_client_address={cluster.address}", "--scoring_threads=1"]
 
-Worker logs go to ``cluster.log_path(i)`` (the tests read what each worker process did).
+Worker logs go to ``cluster.log_path(i)``; a start-up failure quotes their tails.
 """
 from __future__ import annotations
 

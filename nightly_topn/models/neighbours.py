@@ -173,9 +173,8 @@ class EASE(Recommender):
         configuration on the most popular items (and as many users, in the dual form) at three dense
         dimensions: the smallest gives the fixed cost, the growth of the rest between the other two
         (clipped to between quadratic and cubic: the dense product and its inversion) carries the
-        largest to the data's dimension. The search asks before
-        EASE's one-step fit, which cannot stop at a deadline. 0 when the data is no larger than the
-        probes."""
+        largest to the data's dimension. The search asks before EASE's one-step fit, which cannot
+        stop at a deadline. 0 when the data is no larger than the probes."""
         import time
 
         X = sp.csr_matrix(interactions)
