@@ -19,6 +19,8 @@ import json
 import logging
 import time
 
+import numpy as np
+
 from nightly_topn import registry, splits
 from nightly_topn.config import RunParams
 from nightly_topn.errors import BadInput
@@ -100,7 +102,9 @@ def reuse_previous(store: Storage, date, fingerprint: str, params: RunParams):
 
 
 def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, TuningResult], dict]:
-    """Tune the candidates on a validation split of the evaluation train rows; returns the winner."""
+    """Tune the candidates on a validation split of the evaluation train rows; returns the winner.
+    ``tuning_budget_seconds`` bounds all of it, the splits and the user sample included."""
+    started = time.perf_counter()
     split = splits.pipeline_split(pairs, params.eval_protocol, seed=params.seed)
     fit_rows, val_rows = splits.validation_split(
         params.eval_protocol, pairs.users, pairs.items, pairs.first_time, split.train, seed=params.seed,
@@ -115,8 +119,15 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         winner = params.model if params.model != "auto" else next(n for n in ("ease", "als", "popularity") if n in names)
         info["selection"] = f"{reason}: {winner} by default"
         return winner, results, info
-    results = tune_all(names, pairs.matrix(fit_rows), pairs.relevance(val_rows), times=pairs.times(fit_rows),
-                       k=params.eval_k, budget_seconds=params.tuning_budget_seconds, seed=params.seed)
+    fit, validation, times = pairs.matrix(fit_rows), pairs.relevance(val_rows), pairs.times(fit_rows)
+    if 0 < params.search_users < fit.shape[0]:  # bounded trials at any volume; the refits see everyone
+        sample = np.sort(np.random.default_rng([params.seed, 11]).choice(fit.shape[0], params.search_users,
+                                                                          replace=False))
+        info["search_sample"] = {"users": int(len(sample)), "of_users": int(fit.shape[0])}
+        fit, validation, times = fit[sample], validation[sample], times[sample] if times is not None else None
+        info["search_sample"].update(fit_rows=int(fit.nnz), validation_rows=int(validation.nnz))
+    budget = max(0.0, params.tuning_budget_seconds - (time.perf_counter() - started))
+    results = tune_all(names, fit, validation, times=times, k=params.eval_k, budget_seconds=budget, seed=params.seed)
     failed = {n: r.trials[0].error for n, r in results.items() if r.trials and all(t.error for t in r.trials)}
     if failed:  # e.g. EASE refusing a catalogue too large for dense memory: not a candidate tonight
         info["excluded"] = failed

@@ -180,6 +180,11 @@ class RunParams:
         description="Which tuned candidates are refit on the evaluation split and scored on the holdout: "
                     "'needed' (the winner, popularity for the gate, an A/B challenger) or 'all' (every "
                     "candidate, for the report's comparison, at one more fit each).")] = "needed"
+    search_users: Annotated[int, Field(
+        ge=0, le=100_000_000,
+        description="Users the hyperparameter search fits and validates on (a seeded sample when there are "
+                    "more; 0 = all): keeps each trial's cost bounded at any volume; the chosen configuration "
+                    "is refit on every user.")] = 20_000
     eval_protocol: Annotated[Literal["temporal", "random"], Field(
         description="Holdout protocol: 'temporal' (pairs after the holdout quantile of event times) "
                     "or 'random' (per-user 20 % holdout, seeded).")] = "temporal"

@@ -138,7 +138,9 @@ def _tuning(record: dict | None) -> dict | None:
              "refits": ", ".join(f"{purpose} {seconds:.1f}s" for purpose, seconds in (c.get("fit_seconds") or {}).items()),
              "params": json.dumps(c.get("best_params"), sort_keys=True)}
             for name, c in record.get("candidates", {}).items()]
-    return {"rows": rows, "fingerprint": record.get("data_fingerprint"), "code_version": record.get("code_version")}
+    selection = record.get("selection") if isinstance(record.get("selection"), dict) else {}
+    return {"rows": rows, "fingerprint": record.get("data_fingerprint"), "code_version": record.get("code_version"),
+            "sample": selection.get("search_sample"), "excluded": selection.get("excluded") or {}}
 
 
 def _trend(store: Storage, date) -> dict:

@@ -121,7 +121,7 @@ class TuningResult:
     budget_seconds: float = 0.0
     seconds: float = 0.0
     exhausted: bool = False  # True when every configuration was tried within the budget
-    over_budget: bool = False  # True when its one-step fit was estimated above its share: not tried
+    over_budget: bool = False  # True when its fit was judged not to fit its share (estimate, pace): left out
 
     @property
     def selection(self) -> tuple[float, float]:
@@ -158,7 +158,7 @@ def params_with_seed(name: str, params: dict, seed: int) -> dict:
 def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
                k: int = 10, budget_seconds: float = 60.0, seed: int = 42, metric: str = "ndcg",
                max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2,
-               fixed: dict | None = None) -> TuningResult:
+               fixed: dict | None = None, scoring_seconds: float = 0.0) -> TuningResult:
     """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` of wall clock.
 
     The budget holds at any data size: a trial starts only if the longest trial so far still fits
@@ -167,15 +167,20 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     mini-batches and is scored as far as it got (recorded in the trial's ``stopped``). The first
     trial runs, except for a model fit in one step that estimates its fit's cost
     (``estimate_fit_seconds``: EASE, whose cost grows with the cube of the catalogue) above its
-    share: it is left out tonight with the estimate as the reason.
+    share: it is left out tonight with the estimate as the reason; so is a torch model whose first
+    epoch, at the pace of its first mini-batches, would end past the deadline (``OutOfTime``).
 
     Order: greedy coordinate descent from the grid's first values (each knob swept with the
     others at their best so far; ``passes`` rounds), then random grid points (seeded) until the
     budget, ``max_trials`` or ``patience`` trials without improvement. Deterministic given the
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
     ``fixed``: knobs held at a value instead of searched (those the model has).
+    ``scoring_seconds``: the validation scoring time to reserve before the first trial has timed
+    its own (``tune_all`` passes the longest of the models before). A model with a grid whose
+    share does not exceed it is not tried (``TuningResult.over_budget``, reason in the trial log):
+    its fit would have no time at all.
     """
-    from nightly_topn.models.base import fit_deadline
+    from nightly_topn.models.base import OutOfTime, fit_deadline
 
     grid = _grid(name, fixed)
     started = time.perf_counter()
@@ -197,16 +202,21 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
         params = params_with_seed(name, cfg, seed)
         t0 = time.perf_counter()
         check = stopped = None
-        scoring = max((t.eval_seconds for t in result.trials), default=0.0)
+        scoring = max((t.eval_seconds for t in result.trials), default=scoring_seconds)
         t_eval = t0
         try:
+            if not result.trials and grid and 0 < scoring >= budget_seconds:
+                raise OverBudget(f"no time left for {name}: its {budget_seconds:.1f} s share of "
+                                 f"tuning_budget_seconds is within the ~{scoring:.1f} s that scoring the "
+                                 f"validation users takes")
             model = MODELS[name](**params)
             estimate = getattr(model, "estimate_fit_seconds", None)
-            if not result.trials and estimate is not None:  # a one-step fit cannot stop at the deadline
+            if not result.trials and estimate is not None and budget_seconds > 0:  # a one-step fit cannot stop
                 expected = estimate(fit)
-                if expected > budget_seconds - (time.perf_counter() - started):
+                if expected > budget_seconds - scoring - (time.perf_counter() - started):
                     raise OverBudget(f"one fit of {name} would take ~{expected:.0f} s (estimated from smaller fits), "
-                                     f"above its {budget_seconds:.1f} s share of tuning_budget_seconds")
+                                     f"above its {budget_seconds:.1f} s share of tuning_budget_seconds"
+                                     + (f" less ~{scoring:.1f} s of scoring" if scoring else ""))
             with fit_deadline(ends - scoring):
                 model = model.fit(fit, times)
             stopped, t_eval = model.stopped_early, time.perf_counter()
@@ -215,7 +225,7 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
             if check_rows is not None:
                 scored = evaluate_model(model, fit, check_rows, k)
                 check = (float(scored[metric]), float(scored.get(f"{metric}_se", 0.0)))
-        except OverBudget as exc:
+        except (OverBudget, OutOfTime) as exc:
             metrics, value, error = {}, -np.inf, str(exc)
             state["stop"] = result.over_budget = True
         except (MemoryError, ValueError, np.linalg.LinAlgError) as exc:  # a config the data cannot support
@@ -303,18 +313,27 @@ def tune_all(candidates, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times
              k: int = 10, budget_seconds: float = 300.0, seed: int = 42, metric: str = "ndcg",
              max_trials: int | None = None, patience: int | None = PATIENCE,
              fixed: dict | None = None) -> dict[str, TuningResult]:
-    """Tune every candidate; the budget is split by ``BUDGET_WEIGHTS`` and unused time carries over."""
+    """Tune every candidate within ``budget_seconds`` of wall clock for all of them.
+
+    Each model's share is what is left of the budget when its turn comes, split by
+    ``BUDGET_WEIGHTS`` over the models still to go: time a model leaves unused goes to the next,
+    time it overran (a model with nothing to search, popularity, still scores the validation
+    users) is taken from them, so the search as a whole keeps the budget. A model's first trial
+    reserves the longest validation scoring seen so far for its own scoring (it has no trial of
+    its own to time yet)."""
     unknown = set(candidates) - set(MODELS)
     if unknown:
         raise ValueError(f"unknown candidate models {sorted(unknown)}; known: {sorted(MODELS)}")
     candidates = list(candidates)
-    shares = split_budget(candidates, budget_seconds)
-    results, carry = {}, 0.0
-    for name in candidates:
-        budget = shares[name] + carry
+    started = time.perf_counter()
+    results, scoring = {}, 0.0
+    for i, name in enumerate(candidates):
+        left = max(0.0, budget_seconds - (time.perf_counter() - started))
+        budget = split_budget(candidates[i:], left)[name]
         results[name] = tune_model(name, fit, validation, times=times, k=k, budget_seconds=budget, seed=seed,
-                                   metric=metric, max_trials=max_trials, patience=patience, fixed=fixed)
-        carry = max(0.0, budget - results[name].seconds) if results[name].exhausted else 0.0
+                                   metric=metric, max_trials=max_trials, patience=patience, fixed=fixed,
+                                   scoring_seconds=scoring)
+        scoring = max([scoring] + [t.eval_seconds for t in results[name].trials])
     return results
 
 

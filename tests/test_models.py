@@ -379,3 +379,21 @@ def test_an_iterative_fit_stops_at_its_deadline_and_keeps_what_it_learnt(name, d
     assert (ids >= 0).all()
     again = MODELS[name](**params).fit(X, T)  # the deadline ended with its block
     assert again.stopped_early is None
+
+
+def test_als_uses_every_core_and_learns_the_same_factors_at_any_thread_count(data, monkeypatch):
+    """ALS fits on all cores by default (``fit_threads``), which is only right because the factors
+    do not depend on the thread count: a rerun on a bigger or busier worker gives the same lists."""
+    from nightly_topn.models import base
+    from nightly_topn.scoring import available_cores
+
+    X, _ = data
+    monkeypatch.delenv(base.FIT_THREADS_ENV, raising=False)
+    assert base.fit_threads() == available_cores()
+    fits = []
+    for threads in ("1", "2", "4"):
+        monkeypatch.setenv(base.FIT_THREADS_ENV, threads)
+        fits.append(MODELS["als"](**{**FAST["als"], "factors": 16}).fit(X))
+    for other in fits[1:]:
+        assert np.array_equal(fits[0].item_factors, other.item_factors)
+        assert np.array_equal(fits[0].user_factors, other.user_factors)

@@ -36,6 +36,7 @@ def test_budget_zero_runs_one_trial_and_search_is_deterministic(fit_val):
     fit, val = fit_val
     one = tune_model("ease", fit, val, budget_seconds=0)
     assert len(one.trials) == 1 and one.best_params["l2"] == candidate_configs("ease")[0]["l2"]
+    assert np.isfinite(one.best_metric) and not one.over_budget
     a = tune_model("ease", fit, val, budget_seconds=60, max_trials=6)
     b = tune_model("ease", fit, val, budget_seconds=60, max_trials=6)
     assert len(a.trials) == 6
@@ -284,6 +285,83 @@ def test_a_trial_past_the_budget_is_stopped_and_recorded_and_no_trial_starts_aft
     assert result.summary()["trial_log"][0]["stopped"] == stopped
     assert not result.exhausted
     assert np.isfinite(result.best_metric)  # the stopped model was scored as far as it got
+
+
+def test_the_whole_search_keeps_one_budget_and_a_model_without_time_is_not_started(fit_val):
+    """The budget is for the whole search: each model's share is what is left when its turn comes
+    (popularity, with nothing to search, still spends time scoring), and a model whose share is
+    within the validation scoring time the models before it took is not started, with the reason."""
+    from nightly_topn.tuning import split_budget
+
+    fit, val = fit_val
+    results = tune_all(["popularity", "itemknn", "ease"], fit, val, budget_seconds=6)
+    static = split_budget(["popularity", "itemknn", "ease"], 6)
+    assert results["popularity"].seconds > 0
+    assert results["itemknn"].budget_seconds < static["itemknn"]  # popularity's time came out of the rest
+    spent = results["popularity"].seconds + results["itemknn"].seconds
+    assert results["ease"].budget_seconds <= 6 - spent + 1e-6
+    starved = tune_model("als", fit, val, budget_seconds=0.5, scoring_seconds=2.0)
+    assert starved.over_budget and len(starved.trials) == 1 and not np.isfinite(starved.best_metric)
+    assert "no time left for als" in starved.trials[0].error and "0.5 s share" in starved.trials[0].error
+
+
+def test_the_search_runs_on_a_user_sample_and_the_refits_on_every_user(tmp_path, monkeypatch):
+    """At volume each trial's cost is bounded by ``search_users``: the search fits and validates on
+    a seeded sample of users, the registry and the report say so, and the chosen model is refit on
+    every user (the lists cover everyone)."""
+    from nightly_topn.jobs import train as train_job
+
+    shapes = []
+    real = train_job.tune_all
+
+    def spy(names, fit, validation, **kwargs):
+        shapes.append((fit.shape, validation.shape))
+        return real(names, fit, validation, **kwargs)
+
+    monkeypatch.setattr(train_job, "tune_all", spy)
+    root = tmp_path / "data"
+    run_day(DATE, root, model="auto", tuning_budget_seconds=3, search_users=40, until="evaluate")
+    store = Storage.at(root)
+    sample = registry.read_run(store, DATE)["selection"]["search_sample"]
+    assert shapes[0][0][0] == shapes[0][1][0] == sample["users"] == 40 < sample["of_users"]
+    info = registry.model_info(store, DATE)
+    from nightly_topn.models.base import load_model
+
+    assert load_model(store.partition("models", DATE) / "final" / info["model"]).n_users == sample["of_users"]
+    page = (store.partition("reports", DATE) / "report.html").read_text()
+    assert "seeded sample of 40 of" in page
+
+
+def test_a_torch_fit_that_cannot_finish_one_epoch_in_its_share_is_left_out(fit_val, monkeypatch):
+    """A fraction of an epoch is no model: an epoch-based fit judges its pace on its first
+    mini-batches and gives up (``OutOfTime``) when one epoch would end past the deadline; the
+    search records why and scores nothing for it. Far from the deadline it carries on."""
+    import time
+
+    from nightly_topn.models import base
+
+    model = MODELS["horizon"]()
+    monkeypatch.setattr(base, "FIRST_PASS_PROBE_SECONDS", 0.01)
+    with base.fit_deadline(time.monotonic() + 10):
+        assert not model._stop_here(0.001, 60, "epochs")
+        time.sleep(0.05)
+        with pytest.raises(base.OutOfTime, match="one epoch of horizon would take"):
+            model._stop_here(0.002, 60, "epochs")  # 0.001 epoch per 50 ms: ~50 s an epoch
+    fast = MODELS["horizon"]()
+    with base.fit_deadline(time.monotonic() + 10):
+        assert not fast._stop_here(0.001, 60, "epochs")
+        time.sleep(0.05)
+        assert not fast._stop_here(0.5, 60, "epochs")  # ~0.1 s an epoch
+    assert fast.stopped_early is None
+
+    def slow_fit(self, interactions, times=None):
+        raise base.OutOfTime("one epoch of horizon would take ~99 s, more than the 1.0 s left")
+
+    monkeypatch.setattr(MODELS["horizon"], "fit", slow_fit)
+    fit, val = fit_val
+    result = tune_model("horizon", fit, val, budget_seconds=1)
+    assert result.over_budget and len(result.trials) == 1 and "~99 s" in result.trials[0].error
+    assert result.trials[0].eval_seconds == 0.0
 
 
 def test_holdout_candidates_all_scores_every_candidate_on_the_holdout(nightly):

@@ -42,6 +42,21 @@ def torch_threads() -> int:
     return max(1, int(os.environ.get(TORCH_THREADS_ENV, "1")))
 
 
+FIT_THREADS_ENV = "NIGHTLY_TOPN_FIT_THREADS"
+
+
+def fit_threads() -> int:
+    """Threads for fits whose result is the same at any thread count (ALS: every user's and item's
+    solve is independent; a test checks the factors are identical): ``$NIGHTLY_TOPN_FIT_THREADS``,
+    default every core this process may use. BPR's Hogwild updates race and torch splits its
+    reductions by thread, so they keep ``torch_threads`` (one fixed count: the same lists on a rerun)."""
+    import os
+
+    from nightly_topn.scoring import available_cores
+
+    return max(1, int(os.environ.get(FIT_THREADS_ENV) or available_cores()))
+
+
 #: When the fit in progress must stop (``time.monotonic()``), or None: set by the search's trials.
 _FIT_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("fit_deadline", default=None)
 
@@ -57,6 +72,14 @@ def fit_deadline(at: float | None):
         yield
     finally:
         _FIT_DEADLINE.reset(token)
+
+
+class OutOfTime(Exception):
+    """A fit under a ``fit_deadline`` cannot finish one pass over the data before it."""
+
+
+#: Seconds of mini-batches an epoch-based fit times before judging whether one epoch fits.
+FIRST_PASS_PROBE_SECONDS = 1.0
 
 
 def time_is_up() -> bool:
@@ -171,8 +194,25 @@ class Recommender(ABC):
         self.stopped_early: dict | None = None
 
     def _stop_here(self, done: float, planned: int, unit: str) -> bool:
-        """Record and return whether the fit must stop now, after ``done`` of ``planned`` passes."""
-        if not time_is_up():
+        """Record and return whether the fit must stop now, after ``done`` of ``planned`` passes.
+
+        An epoch-based fit (torch) whose first epoch, at the pace of its first second of
+        mini-batches, would end after the deadline raises ``OutOfTime`` instead: a fraction of an
+        epoch is no model, and scoring it would spend what is left of the budget for nothing."""
+        at = _FIT_DEADLINE.get()
+        if at is None:
+            return False
+        now = time.monotonic()
+        if unit == "epochs" and done < 1:
+            origin = getattr(self, "_first_pass", None)
+            if origin is None or origin[2] != at:
+                self._first_pass = (now, float(done), at)
+            elif now - origin[0] >= FIRST_PASS_PROBE_SECONDS and done > origin[1]:
+                epoch = (now - origin[0]) / (done - origin[1])
+                if now + (1.0 - done) * epoch > at:
+                    raise OutOfTime(f"one epoch of {self.name} would take ~{epoch:.0f} s, more than the "
+                                    f"{max(0.0, at - origin[0]):.1f} s left of its share of tuning_budget_seconds")
+        if now < at:
             return False
         self.stopped_early = {"done": round(float(done), 2), "planned": int(planned), "unit": unit}
         return True

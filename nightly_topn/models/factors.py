@@ -13,7 +13,7 @@ import numpy as np
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from nightly_topn.models.base import Recommender, align_history, binarize
+from nightly_topn.models.base import Recommender, align_history, binarize, fit_threads
 from nightly_topn.models.confidence import check_scheme, weigh
 
 
@@ -112,7 +112,7 @@ class ALS(_FactorModel):
         p = self.params
         model = AlternatingLeastSquares(
             factors=int(p["factors"]), regularization=float(p["regularization"]), alpha=float(p["alpha"]),
-            iterations=int(p["iterations"]), random_state=int(p["seed"]), num_threads=1,
+            iterations=int(p["iterations"]), random_state=int(p["seed"]), num_threads=fit_threads(),
             calculate_training_loss=False,
         )
         return self._fit_implicit(model, interactions)
