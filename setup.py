@@ -48,10 +48,12 @@ setup(
         "psutil>=5.9",  # is a staging folder's writer still alive
         "jinja2>=3.1",  # the run report's HTML
     ],
-    # dask: the top-N step on Beam's Dask runner (a dask.distributed cluster); test: the suite and the
-    # development tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers; a local Dask cluster)
+    # dask: the top-N step on Beam's Dask runner (a dask.distributed cluster); ann: approximate candidates
+    # for huge catalogues (candidates=ann/auto, nightly_topn.ann); test: the suite and the development
+    # tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers; a local Dask cluster), faiss for test_ann
     extras_require={"dask": ["apache-beam[dask]==2.77.*"],
+                    "ann": ["faiss-cpu==1.15.1"],
                     "test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27",
-                             "apache-beam[dask]==2.77.*"]},
+                             "apache-beam[dask]==2.77.*", "faiss-cpu==1.15.1"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

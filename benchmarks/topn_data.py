@@ -34,6 +34,29 @@ ML20M = {"users": 138_493, "items": 26_744, "interactions": 20_000_263, "factors
 DATE = "2024-03-01"
 
 
+def write_features(features: Path, u, i, conf, times, users: int, items: int, *, producer: str, spec: dict,
+                   id_digits: tuple[int, int] = (7, 6)) -> None:
+    """A features partition in the project's layout (``schemas.INTERACTIONS`` + id maps + manifest)
+    from ``(u, i, conf)`` pairs, every pair in the train split; ids ``u0000001`` / ``i000001``."""
+    from nightly_topn import schemas
+    from nightly_topn.jobs.preprocess import INTERACTIONS_ROW_GROUP
+
+    features.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({
+        "user_index": u, "item_index": i, "confidence": conf, "n_events": np.ones(len(u), np.int32),
+        "first_time": times, "last_time": times,
+        "split": pa.DictionaryArray.from_arrays(np.zeros(len(u), np.int32), ["train"]).cast(pa.string()),
+    }, schema=schemas.INTERACTIONS), features / "interactions.parquet", compression="zstd",
+        row_group_size=INTERACTIONS_ROW_GROUP)
+    pq.write_table(pa.table({"user_index": np.arange(users, dtype=np.int32),
+                             "user_id": [f"u{k:0{id_digits[0]}d}" for k in range(users)]}, schema=schemas.USER_MAP),
+                   features / "user_map.parquet")
+    pq.write_table(pa.table({"item_index": np.arange(items, dtype=np.int32),
+                             "item_id": [f"i{k:0{id_digits[1]}d}" for k in range(items)]}, schema=schemas.ITEM_MAP),
+                   features / "item_map.parquet")
+    (features / "_manifest.json").write_text(json.dumps({"producer": producer, "spec": spec}))
+
+
 def sample_interactions(users: int, items: int, interactions: int, seed: int = 0):
     """Distinct (user, item) pairs sorted by user then item, ~``interactions`` of them."""
     rng = np.random.default_rng(seed)
@@ -78,8 +101,6 @@ def build(root: str | Path, *, users=ML20M["users"], items=ML20M["items"], inter
     """Write (or reuse, when the same spec is already there) the benchmark root; returns its spec."""
     import scipy.sparse as sp
 
-    from nightly_topn import schemas
-    from nightly_topn.jobs.preprocess import INTERACTIONS_ROW_GROUP
     from nightly_topn.models import ALS, Popularity
     from nightly_topn.storage import Storage
 
@@ -96,21 +117,8 @@ def build(root: str | Path, *, users=ML20M["users"], items=ML20M["items"], inter
     t0 = dt.datetime(2015, 1, 1, tzinfo=dt.timezone.utc)
     times = pa.array(np.full(len(u), int(t0.timestamp() * 1e6), np.int64) + rng.integers(0, 86_400_000_000 * 365, len(u)),
                      pa.timestamp("us", tz="UTC"))
-    features = store.partition("features", date)
-    features.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.table({
-        "user_index": u, "item_index": i, "confidence": conf, "n_events": np.ones(len(u), np.int32),
-        "first_time": times, "last_time": times,
-        "split": pa.DictionaryArray.from_arrays(np.zeros(len(u), np.int32), ["train"]).cast(pa.string()),
-    }, schema=schemas.INTERACTIONS), features / "interactions.parquet", compression="zstd",
-        row_group_size=INTERACTIONS_ROW_GROUP)
-    pq.write_table(pa.table({"user_index": np.arange(users, dtype=np.int32),
-                             "user_id": [f"u{k:07d}" for k in range(users)]}, schema=schemas.USER_MAP),
-                   features / "user_map.parquet")
-    pq.write_table(pa.table({"item_index": np.arange(items, dtype=np.int32),
-                             "item_id": [f"i{k:06d}" for k in range(items)]}, schema=schemas.ITEM_MAP),
-                   features / "item_map.parquet")
-    (features / "_manifest.json").write_text(json.dumps({"producer": "benchmarks/topn_data.py", "spec": spec}))
+    write_features(store.partition("features", date), u, i, conf, times, users, items,
+                   producer="benchmarks/topn_data.py", spec=spec)
 
     matrix = sp.csr_matrix((conf, (u, i)), shape=(users, items))
     final = store.partition("models", date) / "final"

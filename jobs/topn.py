@@ -122,11 +122,13 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
                     f"--features={features_dir}", f"--model={models_dir / 'final' / info['model']}",
                     f"--fallback={models_dir / 'final' / 'popularity'}", f"--output={stage}",
                     f"--logical_date={date.isoformat()}", f"--model_version={info['model_version']}",
-                    f"--top_n={params.top_n}", f"--diversity_strength={params.diversity_strength}", *arm_flags,
+                    f"--top_n={params.top_n}", f"--diversity_strength={params.diversity_strength}",
+                    f"--candidates={params.candidates}", *arm_flags,
                     *beam_args,
                 ]
             )
             parts = sorted(stage.glob("part-*.parquet"))
+            candidates = candidate_report(stage)
             index = lookup_index(stage, [p.name for p in parts])
             rows = sum(index.column("num_rows").to_pylist())
             expected = pq.read_metadata(features_dir / "user_map.parquet").num_rows
@@ -139,6 +141,7 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
                                  extra={"files": [p.name for p in parts], "rows": rows, "top_n": params.top_n,
                                         "index": INDEX_FILE, "new_items": reach,
                                         "diversity_strength": params.diversity_strength,
+                                        "candidates": candidates,
                                         "model_version": info["model_version"], "beam_args": beam_args,
                                         "experiment": experiment and {
                                             **{k: experiment[k] for k in ("experiment", "share", "model", "model_version")},
@@ -148,8 +151,24 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
         raise
     except Exception as exc:  # Beam wraps a worker's error in pages of runner frames
         raise pipeline_error(exc, target) from exc
-    log.info("topn %s: %d users -> %s (%d files); new items: %s", date, rows, target, len(parts), reach)
-    return {"date": date.isoformat(), "path": str(target), "rows": rows, "files": len(parts), "new_items": reach}
+    log.info("topn %s: %d users -> %s (%d files); new items: %s; candidates: %s", date, rows, target, len(parts),
+             reach, candidates)
+    return {"date": date.isoformat(), "path": str(target), "rows": rows, "files": len(parts), "new_items": reach,
+            "candidates": candidates}
+
+
+def candidate_report(stage) -> dict:
+    """What the pipeline's scorers reported (``.candidates-ROLE.json``: method; for ANN nprobe and the
+    calibration recall), by role (champion, challenger); the files are removed from the version."""
+    import json
+
+    report = {}
+    for path in sorted(stage.glob(".candidates-*.json")):
+        report[path.name[len(".candidates-"):-len(".json")]] = json.loads(path.read_text())
+        path.unlink()
+    for path in stage.glob(".tmp-candidates-*"):
+        path.unlink()
+    return report
 
 
 def pipeline_error(exc: Exception, stage) -> NightlyTopNError:

@@ -69,7 +69,7 @@ def challenger_of(params: RunParams, winner: str, results: dict, date, fingerpri
 
 #: RunParams that do not change what is trained (a re-run differing only in these reuses the choice).
 NOT_TRAINING = ("top_n", "publish", "allow_older", "min_lift_over_popularity", "champion_tolerance",
-                "challenger_share", "experiment", "holdout_candidates")
+                "challenger_share", "experiment", "holdout_candidates", "candidates")
 
 
 def params_digest(params: RunParams) -> str:

@@ -33,7 +33,7 @@ DEFAULT_RUNNER = "FnApiRunner"
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 #: Flags the top-N job sets itself (paths and identity of the version): nobody else may.
 JOB_OWNED_FLAGS = ("features", "model", "fallback", "output", "logical_date", "model_version", "top_n",
-                   "diversity_strength", "challenger", "challenger_version", "challenger_share", "experiment")
+                   "diversity_strength", "candidates", "challenger", "challenger_version", "challenger_share", "experiment")
 #: The ``model`` knob's choices: ``auto`` and every model of ``nightly_topn.models.MODELS`` (listed
 #: here so that parsing the DAG imports no model code; a test keeps the two in step).
 MODEL_CHOICES = ("auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd", "multvae", "sequence", "horizon")
@@ -196,6 +196,12 @@ class RunParams:
         ge=0.0, le=0.9,
         description="MMR re-ranking of the published lists: 0 = plain ranking; higher trades relevance for "
                     "lists that span more item categories (the report shows what it costs in NDCG).")] = 0.0
+    candidates: Annotated[Literal["auto", "exact", "ann"], Field(
+        description="How the top-N step finds each user's best items: 'exact' scores every item; 'ann' takes "
+                    "candidates from an approximate nearest-neighbour index over the item factors (faiss, the "
+                    "'ann' extra), re-scored exactly, its search breadth calibrated to recall >= 0.99 of exact "
+                    "top-N; 'auto' = 'ann' for factor models on catalogues of 150,000 items or more, else "
+                    "'exact'. The manifest records what ran.")] = "auto"
     similar_items: Annotated[int, Field(
         ge=0, le=200,
         description="Similar items published per catalogue item (from the chosen model), looked up with "

@@ -22,6 +22,12 @@ top-N merged with the warm top-N, so lists rank warm and cold items in one index
 With candidate rules (``nightly_topn.rules.CandidateRules``), what they forbid is masked in the
 same buffers after the history, before the cut, so the lists stay full. With diversity on
 (``nightly_topn.diversity``), the cut keeps ``k`` > N candidates, which MMR re-ranks into N.
+
+With ``candidates="ann"`` (or ``"auto"`` on a catalogue of ``ANN_MIN_ITEMS`` items or more) a factor
+model's candidates come from ``nightly_topn.ann`` (faiss MIPS over the item factors, exact
+re-scoring, seen and rule-forbidden items dropped, ``ANN_BATCH`` users per search); users left
+with fewer than ``k`` candidates are searched again deeper, then scored exactly. New items are
+scored from the warm columns their weights use only, and merged as above; MMR gets its ``k``.
 """
 from __future__ import annotations
 
@@ -41,6 +47,20 @@ DEFAULT_BLOCK = 32
 #: Users per GEMM in ``TopNScorer`` (buffer = batch × items float32: 128 × 27K = 14 MB): the
 #: benchmark's batch sweep measured 128 fastest (64: -14%, 256: -15%, 512: -36% users/s).
 DEFAULT_BATCH = 128
+#: Candidate methods of ``TopNScorer`` (the ``candidates`` run knob).
+CANDIDATE_METHODS = ("exact", "ann", "auto")
+#: ``candidates="auto"`` uses ANN from this catalogue size on. Measured with
+#: ``benchmarks/topn_large_catalogue.py --crossover 20000,50000,100000,200000`` (ALS fitted on
+#: generated data, 64 factors, N=100, 10K users, kernel users/s exact vs ANN, 2 shared cores):
+#: 20K items 18.4K vs 3.6K, 50K 7.2K vs 4.5K, 100K 3.8K vs 3.7K (parity), 200K 1.8K vs 4.7K. ANN
+#: costs a near-constant ~4K users/s while exact falls as 1/items: it pays past ~100K items, so
+#: 150K leaves room for the index build and the (small) recall loss.
+ANN_MIN_ITEMS = 150_000
+#: Users per ANN search call (faiss spreads one call's queries over its threads).
+ANN_BATCH = 1024
+#: Floats of one exact-scoring buffer when ANN is on (only users it leaves short use it): at 2M
+#: items, 16 users (128 MB) instead of ``DEFAULT_BATCH`` users (1 GB).
+ANN_EXACT_FLOATS = 1 << 25
 
 
 def mask_seen(scores: np.ndarray, seen: sp.csr_matrix) -> None:
@@ -189,8 +209,11 @@ class TopNScorer:
 
     def __init__(self, model, n: int, *, batch_size: int = DEFAULT_BATCH, block: int = DEFAULT_BLOCK,
                  verify: bool = True, parallel: int = 1, cold_weights: sp.spmatrix | None = None, rules=None,
-                 diversity: tuple | None = None):
+                 diversity: tuple | None = None, candidates: str = "exact", index_factory=None):
         import torch
+
+        if candidates not in CANDIDATE_METHODS:
+            raise ValueError(f"candidates={candidates!r}: expected one of {CANDIDATE_METHODS}")
 
         self.model, self.n, self.batch_size, self.block = model, int(n), int(batch_size), int(block)
         self.rules = rules  # CandidateRules over warm + new items, or None
@@ -225,10 +248,50 @@ class TopNScorer:
             self.user_factors = torch.from_numpy(np.ascontiguousarray(user_f, dtype=np.float32))
             self.item_factors_t = torch.from_numpy(np.ascontiguousarray(item_f, dtype=np.float32)).t()
             self.n_items = item_f.shape[0]
+            self.ann = self._ann_index(candidates, index_factory)
+            self._buffer_rows = self.batch_size if self.ann is None else \
+                max(1, min(self.batch_size, ANN_EXACT_FLOATS // max(self.n_items, 1)))
             self._buffers = queue.SimpleQueue()  # one batch × items float32 buffer per thread in flight
-            for _ in range(self.parallel):
-                self._buffers.put(torch.empty((self.batch_size, self.n_items), dtype=torch.float32))
+            if self.ann is None:  # with ANN, created when a user needs exact scoring
+                for _ in range(self.parallel):
+                    self._buffers.put(torch.empty((self.batch_size, self.n_items), dtype=torch.float32))
             self._pool = ThreadPoolExecutor(self.parallel, "topn-score") if self.parallel > 1 else None
+        else:
+            self.ann = None
+            if candidates == "ann":
+                log.info("%s has no item factors: candidates='ann' scores it exactly", type(model).__name__)
+        #: Users the ANN path handed back to exact scoring (for the logs and the benchmark).
+        self.exact_fallbacks = 0
+
+    @property
+    def method(self) -> str:
+        """The candidate method in use: ``ann`` or ``exact``."""
+        return "exact" if self.ann is None else "ann"
+
+    def describe(self) -> dict:
+        """What ran, for the job's manifest: method, and for ANN the index's calibration."""
+        return self.ann.describe() if self.ann is not None else {"method": "exact"}
+
+    def _ann_index(self, candidates: str, index_factory):
+        """The ``ann.ItemIndex`` this scorer searches, or None for exact scoring."""
+        from nightly_topn import ann
+
+        if candidates == "exact" or (candidates == "auto" and self.n_items < ANN_MIN_ITEMS):
+            return None
+        if self.n_items <= self.k:  # every item is a candidate anyway
+            return None
+        if candidates == "auto" and not ann.available():
+            log.warning("candidates='auto': %d items, but faiss is not installed (the 'ann' extra): exact "
+                        "scoring", self.n_items)
+            return None
+        ann.require_faiss()  # candidates='ann' without faiss: one line
+        users = self.user_factors.numpy()
+        known = np.asarray(getattr(self.model, "known", np.ones(len(users), bool)), dtype=bool)
+        if known.shape == (len(users),) and known.any():
+            users = users[known]
+        factory = index_factory or (lambda item_f, k, user_f, threads: ann.ItemIndex(item_f, k, users=user_f,
+                                                                                     threads=threads))
+        return factory(self.item_factors_t.numpy().T, self.k, users, self.parallel)
 
     def recommend(self, users: np.ndarray, history: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
         """Like ``model.recommend(users, history, n)`` (seen filtered), any number of users."""
@@ -256,7 +319,8 @@ class TopNScorer:
                     widths.append(i.shape[1])
                 width = min(widths)
                 return (idx[:, :width].copy(), vals[:, :width].copy()) if width < self.k else (idx, vals)
-        bounds = [(lo, min(lo + self.batch_size, len(users))) for lo in range(0, len(users), self.batch_size)]
+        step = self.batch_size if not self.fused or self.ann is None else ANN_BATCH
+        bounds = [(lo, min(lo + step, len(users))) for lo in range(0, len(users), step)]
         if bounds and self.fused and not self._verified:
             self._verify(users[: bounds[0][1]], history[: bounds[0][1]])
 
@@ -266,7 +330,7 @@ class TopNScorer:
             idx[lo:hi, : i.shape[1]], vals[lo:hi, : i.shape[1]] = i, v
             widths.append(i.shape[1])
 
-        if self.fused and self._pool is not None and len(bounds) > 1:
+        if self.fused and self.ann is None and self._pool is not None and len(bounds) > 1:
             list(self._pool.map(run, bounds))  # re-raises the first error
         else:
             for bound in bounds:
@@ -322,7 +386,10 @@ class TopNScorer:
     def _cold_scores(self, warm_scores: np.ndarray) -> np.ndarray:
         """``warm_scores @ W`` (``batch × n_cold``) from the unmasked scores: gather the used warm
         columns (transposed, one copy of ``used × batch``), one sparse product."""
-        used = warm_scores.T[self._cold_cols]
+        return self._cold_from_used(warm_scores.T[self._cold_cols])
+
+    def _cold_from_used(self, used: np.ndarray) -> np.ndarray:
+        """The cold block from ``used``: the unmasked warm scores of ``_cold_cols`` (``used × batch``)."""
         return np.ascontiguousarray((self._cold @ used).T, dtype=np.float32)
 
     def _merge(self, warm_top, cold: np.ndarray, history: sp.csr_matrix, users: np.ndarray):
@@ -342,10 +409,64 @@ class TopNScorer:
     def _batch(self, users, history):
         if not self.fused:
             return self._generic(users, history)
+        if self.ann is not None:
+            return self._ann_batch(users, history)
+        return self._exact_batch(users, history)
+
+    def _ann_batch(self, users, history):
+        """ANN candidates, exactly re-scored (``nightly_topn.ann``); short users deeper, then exactly."""
+        rows = np.minimum(users, len(self.user_factors) - 1)
+        queries = self.user_factors.numpy()[rows]
+        forbid = None
+        if self.rules is not None:
+            forbid = lambda active, ids: self.rules.forbids(users[active], ids)  # noqa: E731
+        from nightly_topn.ann import MARGIN, SEEN_CAP, SEEN_DEPTH
+
+        # by seen items: up to SEEN_DEPTH at the calibrated nprobe, up to SEEN_CAP at the deep one
+        # (calibrated that deep), more: exact scoring below
+        seen = np.diff(history.indptr)
+        idx = np.full((len(users), self.k), -1, dtype=np.int32)
+        vals = np.full((len(users), self.k), -np.inf, dtype=np.float32)
+        full = np.zeros(len(users), dtype=bool)
+        light = seen <= SEEN_DEPTH
+        for rows, extra, nprobe in ((np.flatnonzero(light), SEEN_DEPTH + MARGIN, self.ann.nprobe),
+                                    (np.flatnonzero(~light & (seen <= SEEN_CAP)), SEEN_CAP + MARGIN,
+                                     self.ann.deep_nprobe)):
+            if not len(rows):
+                continue
+            part_forbid = None if forbid is None else (lambda active, ids, rows=rows: forbid(rows[active], ids))
+            idx[rows], vals[rows], full[rows] = self.ann.search(queries[rows], history[rows], self.k,
+                                                                forbid=part_forbid, extra=extra, nprobe=nprobe)
+        short = np.flatnonzero(~full & (seen <= SEEN_CAP))
+        if len(short):  # seen/forbidden items ate a shard's fetched depth: once more, deeper
+            sub_forbid = None if forbid is None else (lambda active, ids: forbid(short[active], ids))
+            i, v, f = self.ann.search(queries[short], history[short], self.k, forbid=sub_forbid,
+                                      extra=self.k + SEEN_CAP + MARGIN, nprobe=self.ann.deep_nprobe)
+            idx[short], vals[short], full[short] = i, v, f
+        short = np.flatnonzero(~full)
+        if self._cold is not None:
+            import torch
+
+            with torch.no_grad():
+                used = torch.mm(self.item_factors_t.t()[torch.from_numpy(self._cold_cols.astype(np.int64))],
+                                torch.from_numpy(queries).t()).numpy()
+            idx, vals = self._merge((idx, vals), self._cold_from_used(used), history, users)
+        if len(short):
+            self.exact_fallbacks += len(short)
+            for lo in range(0, len(short), self._buffer_rows):
+                part = short[lo:lo + self._buffer_rows]
+                i, v = self._exact_batch(users[part], history[part])
+                idx[part], vals[part] = i, v
+        return idx, vals
+
+    def _exact_batch(self, users, history):
         import torch
 
         b = len(users)
-        buffer = self._buffers.get()
+        try:
+            buffer = self._buffers.get_nowait()
+        except queue.Empty:  # ANN on: the first user it leaves short
+            buffer = torch.empty((self._buffer_rows, self.n_items), dtype=torch.float32)
         try:
             out = buffer[:b]
             with torch.no_grad():
@@ -378,4 +499,4 @@ class TopNScorer:
             log.warning("%s: factor product does not reproduce model.score; using model.recommend",
                         type(self.model).__name__)
             self.fused = False
-            self._buffers = None
+            self._buffers = self.ann = None

@@ -19,7 +19,11 @@ warm neighbours (``cold_start``): index ``n_warm + j`` in the lists, mapped to t
 writer; their weights and who has seen them are ``n_cold × m`` and ``n_cold × few`` sparse.
 Candidate rules (``features/dt=D/rules.parquet``, ``nightly_topn.rules``) are masked in the same
 buffers before the cut, so lists stay full; ``--diversity_strength`` > 0 re-ranks each user's
-candidates by MMR over the items' categories (``nightly_topn.diversity``).
+candidates by MMR over the items' categories (``nightly_topn.diversity``). ``--candidates``
+(``exact``/``ann``/``auto``) chooses exact scoring or faiss candidates (``nightly_topn.ann``); the
+index is built and calibrated once per worker process (``ModelCache.item_index``), and each
+scorer's method (for ANN: nprobe, calibration recall) is left as ``.candidates-ROLE.json`` in the
+output directory for the job's manifest.
 
 Run it directly (any runner; unknown flags go to ``PipelineOptions``, see docs/runners.md)::
 
@@ -104,17 +108,28 @@ class ModelCache:
                 log.info("loaded %s in %.2f s", model_dir, time.perf_counter() - started)
             return self._models[model_dir]
 
+    def item_index(self, model_dir: str, item_factors, k: int, users, threads: int):
+        """The ``ann.ItemIndex`` of a loaded model for top-``k`` lists, built once per process."""
+        with self._lock:
+            key = ("ann", model_dir, int(k))
+            if key not in self._models:
+                from nightly_topn.ann import ItemIndex
+
+                self._models[key] = ItemIndex(item_factors, k, users=users, threads=threads)
+            return self._models[key]
+
 
 class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
                  threads: int = 0, diversity_strength: float = 0.0, challenger_dir: str = "", experiment: str = "",
-                 challenger_share: float = 0.0):
+                 challenger_share: float = 0.0, candidates: str = "exact", report_dir: str = ""):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
         self.models = Shared()  # -> ModelCache, one per worker process and pipeline run
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
         self.diversity_strength = diversity_strength
+        self.candidates, self.report_dir = candidates, report_dir
         # A/B: users hashed into the challenger's arm (nightly_topn.experiments) are scored by it
         self.challenger_dir, self.experiment, self.challenger_share = challenger_dir, experiment, challenger_share
 
@@ -145,8 +160,12 @@ class ScoreUserRange(beam.DoFn):
         self.model, self.fallback = models.load(self.model_dir), models.load(self.fallback_dir)
         # Factor models: ``threads`` batches in flight, each on one torch thread (no intra-op
         # barriers, which stall on a busy machine); other models get BLAS threads instead.
+        import functools
+
         self.scorer = scoring.TopNScorer(self.model, self.top_n, batch_size=self.batch_size, parallel=self.threads,
-                                         cold_weights=cold, rules=rules, diversity=diversity)
+                                         cold_weights=cold, rules=rules, diversity=diversity,
+                                         candidates=self.candidates,
+                                         index_factory=functools.partial(models.item_index, self.model_dir))
         if self.scorer.fused and self.threads > 1:
             import torch
 
@@ -160,12 +179,36 @@ class ScoreUserRange(beam.DoFn):
             self.challenger = models.load(self.challenger_dir)
             self.challenger_scorer = scoring.TopNScorer(self.challenger, self.top_n, batch_size=self.batch_size,
                                                         parallel=self.threads, cold_weights=cold, rules=rules,
-                                                        diversity=diversity)
+                                                        diversity=diversity, candidates=self.candidates,
+                                                        index_factory=functools.partial(models.item_index,
+                                                                                        self.challenger_dir))
             source = InteractionsFile(self.features_dir)
             try:
                 self.user_ids = source.ids(USER_MAP)
             finally:
                 source.close()
+        self.report()
+
+    def report(self):
+        """Leave each scorer's candidate method in ``report_dir`` (``.candidates-ROLE.json``, written to a
+        temporary name and renamed): the job reads them into the manifest. Deterministic content, so
+        every worker process writes the same file."""
+        if not self.report_dir:
+            return
+        import json
+        import os
+
+        from apache_beam.io.filesystems import FileSystems
+
+        roles = {"champion": self.scorer}
+        if self.challenger is not None:
+            roles["challenger"] = self.challenger_scorer
+        for role, scorer in roles.items():
+            final = FileSystems.join(self.report_dir, f".candidates-{role}.json")
+            tmp = FileSystems.join(self.report_dir, f".tmp-candidates-{role}-{os.getpid()}-{id(self)}.json")
+            with FileSystems.create(tmp) as handle:
+                handle.write(json.dumps({"requested": self.candidates, **scorer.describe()}, sort_keys=True).encode())
+            FileSystems.rename([tmp], [final])
 
     def process(self, user_range):
         import numpy as np
@@ -340,7 +383,7 @@ def threads_per_worker(options: PipelineOptions, requested: int = 0) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nightly_topn.scoring import DEFAULT_BATCH
+    from nightly_topn.scoring import CANDIDATE_METHODS, DEFAULT_BATCH
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--features", required=True, help="features partition (interactions + id maps)")
@@ -355,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--row_group_size", type=int, default=DEFAULT_ROW_GROUP, help="users per Parquet row group")
     parser.add_argument("--diversity_strength", type=float, default=0.0,
                         help="MMR strength (0 = plain ranking), over the features' item categories")
+    parser.add_argument("--candidates", choices=CANDIDATE_METHODS, default="auto",
+                        help="exact scoring, ANN candidates (faiss, re-scored exactly), or auto (ANN on large catalogues)")
     parser.add_argument("--challenger", default="", help="A/B: directory of the challenger model (empty = no experiment)")
     parser.add_argument("--challenger_version", default="", help="A/B: the challenger's model version")
     parser.add_argument("--challenger_share", type=float, default=0.0, help="A/B: share of users in its arm")
@@ -383,7 +428,8 @@ def run(argv=None) -> None:
         | "Score" >> beam.ParDo(ScoreUserRange(known_args.features, known_args.model, known_args.fallback,
                                               known_args.top_n, known_args.batch_size, threads,
                                               known_args.diversity_strength, known_args.challenger,
-                                              known_args.experiment, known_args.challenger_share))
+                                              known_args.experiment, known_args.challenger_share,
+                                              known_args.candidates, known_args.output))
         | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
                                                   known_args.logical_date, known_args.model_version,
                                                   known_args.row_group_size, known_args.challenger_version))
