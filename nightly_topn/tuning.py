@@ -158,7 +158,8 @@ def params_with_seed(name: str, params: dict, seed: int) -> dict:
 def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times: sp.csr_matrix | None = None,
                k: int = 10, budget_seconds: float = 60.0, seed: int = 42, metric: str = "ndcg",
                max_trials: int | None = None, patience: int | None = PATIENCE, passes: int = 2,
-               fixed: dict | None = None, scoring_seconds: float = 0.0) -> TuningResult:
+               fixed: dict | None = None, scoring_seconds: float = 0.0,
+               search_left_seconds: float | None = None) -> TuningResult:
     """Search ``name``'s grid on (fit, validation) within ``budget_seconds`` of wall clock.
 
     The budget holds at any data size: a trial starts only if the longest trial so far still fits
@@ -176,9 +177,11 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
     data, the seed and the number of trials. ``times``: latest event time per pair of ``fit``.
     ``fixed``: knobs held at a value instead of searched (those the model has).
     ``scoring_seconds``: the validation scoring time to reserve before the first trial has timed
-    its own (``tune_all`` passes the longest of the models before). A model with a grid whose
-    share does not exceed it is not tried (``TuningResult.over_budget``, reason in the trial log):
-    its fit would have no time at all.
+    its own (``tune_all`` passes the longest of the models before). A model with a grid is not
+    tried when that reserve exceeds ``search_left_seconds``, what the whole search has left (default:
+    its share): its fit would have no time at all (``TuningResult.over_budget``, reason in the
+    trial log). Its share alone may be smaller: a quick one-step fit then overruns it a little, and
+    ``tune_all`` takes that from the models after it.
     """
     from nightly_topn.models.base import OutOfTime, fit_deadline
 
@@ -205,9 +208,10 @@ def tune_model(name: str, fit: sp.csr_matrix, validation: sp.csr_matrix, *, time
         scoring = max((t.eval_seconds for t in result.trials), default=scoring_seconds)
         t_eval = t0
         try:
-            if not result.trials and grid and 0 < scoring >= budget_seconds:
-                raise OverBudget(f"no time left for {name}: its {budget_seconds:.1f} s share of "
-                                 f"tuning_budget_seconds is within the ~{scoring:.1f} s that scoring the "
+            left = budget_seconds if search_left_seconds is None else search_left_seconds
+            if not result.trials and grid and 0 < scoring >= left:
+                raise OverBudget(f"no time left for {name}: the search's last {left:.1f} s of "
+                                 f"tuning_budget_seconds are within the ~{scoring:.1f} s that scoring the "
                                  f"validation users takes")
             model = MODELS[name](**params)
             estimate = getattr(model, "estimate_fit_seconds", None)
@@ -332,7 +336,7 @@ def tune_all(candidates, fit: sp.csr_matrix, validation: sp.csr_matrix, *, times
         budget = split_budget(candidates[i:], left)[name]
         results[name] = tune_model(name, fit, validation, times=times, k=k, budget_seconds=budget, seed=seed,
                                    metric=metric, max_trials=max_trials, patience=patience, fixed=fixed,
-                                   scoring_seconds=scoring)
+                                   scoring_seconds=scoring, search_left_seconds=left)
         scoring = max([scoring] + [t.eval_seconds for t in results[name].trials])
     return results
 

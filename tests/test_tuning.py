@@ -300,9 +300,12 @@ def test_the_whole_search_keeps_one_budget_and_a_model_without_time_is_not_start
     assert results["itemknn"].budget_seconds < static["itemknn"]  # popularity's time came out of the rest
     spent = results["popularity"].seconds + results["itemknn"].seconds
     assert results["ease"].budget_seconds <= 6 - spent + 1e-6
-    starved = tune_model("als", fit, val, budget_seconds=0.5, scoring_seconds=2.0)
+    starved = tune_model("als", fit, val, budget_seconds=0.5, scoring_seconds=2.0, search_left_seconds=1.5)
     assert starved.over_budget and len(starved.trials) == 1 and not np.isfinite(starved.best_metric)
-    assert "no time left for als" in starved.trials[0].error and "0.5 s share" in starved.trials[0].error
+    assert "no time left for als" in starved.trials[0].error and "last 1.5 s" in starved.trials[0].error
+    # a share below the reserve, with time left in the search: started (a quick fit overruns its share a little)
+    squeezed = tune_model("als", fit, val, budget_seconds=0.5, scoring_seconds=2.0, search_left_seconds=5.0)
+    assert not squeezed.over_budget and np.isfinite(squeezed.best_metric)
 
 
 def test_the_search_runs_on_a_user_sample_and_the_refits_on_every_user(tmp_path, monkeypatch):
