@@ -197,8 +197,9 @@ class Recommender(ABC):
         """Record and return whether the fit must stop now, after ``done`` of ``planned`` passes.
 
         An epoch-based fit (torch) whose first epoch, at the pace of its first second of
-        mini-batches, would end after the deadline raises ``OutOfTime`` instead: a fraction of an
-        epoch is no model, and scoring it would spend what is left of the budget for nothing."""
+        mini-batches, would end after the deadline, or that reaches the deadline inside its first
+        epoch, raises ``OutOfTime`` instead: a fraction of an epoch is no model, and scoring it
+        would spend what is left of the budget for nothing."""
         at = _FIT_DEADLINE.get()
         if at is None:
             return False
@@ -214,6 +215,9 @@ class Recommender(ABC):
                                     f"{max(0.0, at - origin[0]):.1f} s left of its share of tuning_budget_seconds")
         if now < at:
             return False
+        if unit == "epochs" and done < 1:  # the deadline came before the pace could be judged
+            raise OutOfTime(f"{self.name} reached the end of its share of tuning_budget_seconds "
+                            f"{round(float(done), 2)} epochs into its first epoch")
         self.stopped_early = {"done": round(float(done), 2), "planned": int(planned), "unit": unit}
         return True
 
