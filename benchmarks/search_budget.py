@@ -60,7 +60,9 @@ def main(argv=None) -> int:
                "refit_seconds": round(sum(info["fit_seconds"].values()), 1), "fit_seconds": info["fit_seconds"],
                "candidates": {n: {k: c[k] for k in ("budget_seconds", "seconds", "trials", "exhausted")}
                               | {"stopped": sum(1 for t in c["trial_log"] if t.get("stopped"))}
-                              for n, c in run["candidates"].items()}}
+                              for n, c in run["candidates"].items()},
+               "left_out": (run.get("selection") or {}).get("excluded", {}),
+               "search_sample": (run.get("selection") or {}).get("search_sample")}
         out.append(row)
         print(f"\nbudget {budget:.0f} s: search {row['search_seconds']:.1f} s = {row['ratio']:.3f} x budget "
               f"({'PASS' if row['ratio'] <= 1.1 else 'FAIL'} <= 1.1); winner {row['winner']}; refits after the search "
@@ -69,6 +71,10 @@ def main(argv=None) -> int:
         for name, c in row["candidates"].items():
             print(f"  {name:10s} {c['budget_seconds']:8.1f} {c['seconds']:8.1f} {c['trials']:7d} {c['stopped']:8d} "
                   f"{str(c['exhausted']):>9s}")
+        for name, why in row["left_out"].items():
+            print(f"  {name:10s} left out: {why}")
+        if row["search_sample"]:
+            print(f"  search on {row['search_sample']['users']:,} of {row['search_sample']['of_users']:,} users")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
