@@ -7,6 +7,7 @@ order, handing the exact top-N version from ``topn`` to ``validate_topn`` and on
 """
 from __future__ import annotations
 
+import time
 import uuid
 
 
@@ -50,7 +51,25 @@ def run_job(name: str, date, *, root=None, params=None, run_id: str | None = Non
     date = as_date(date)
     job = dict(steps())[name]
     with date_guard(date, root=root, run_id=run_id, claim=name == "ingest"):
-        return job(date, root=root, params=params, **kwargs)
+        started, outcome = time.perf_counter(), "failed"
+        try:
+            result = job(date, root=root, params=params, **kwargs)
+            outcome = "ok"
+            return result
+        finally:  # where the day's time went (reports/dt=D/timings.json), failures included
+            _record_time(root, date, name, time.perf_counter() - started, outcome, run_id)
+
+
+def _record_time(root, date, name: str, seconds: float, outcome: str, run_id: str | None) -> None:
+    import logging
+
+    from nightly_topn import timings
+    from nightly_topn.storage import Storage
+
+    try:
+        timings.record(Storage.at(root), date, name, seconds=seconds, outcome=outcome, run_id=run_id)
+    except OSError as exc:  # never fail (or mask the failure of) a job over its timing note
+        logging.getLogger(__name__).warning("could not record %s's time for %s: %s", name, date, exc)
 
 
 def run_day(date, *, root=None, source=None, params=None, run_id: str | None = None):

@@ -143,6 +143,15 @@ def _tuning(record: dict | None) -> dict | None:
             "sample": selection.get("search_sample"), "excluded": selection.get("excluded") or {}}
 
 
+def _timings(store: Storage, date) -> list[dict]:
+    """The jobs of the date so far (``nightly_topn.timings``), in run order, for "where the time went"."""
+    from nightly_topn import timings
+    from nightly_topn.jobs import steps
+
+    entries = timings.read(store, as_date(date))
+    return [{"job": name, **entries[name]} for name, _ in steps() if name in entries]
+
+
 def _trend(store: Storage, date) -> dict:
     """The last 30 runs' holdout metrics (winner vs popularity) and who won each."""
     past = registry.history(store, date, 30)
@@ -251,7 +260,7 @@ def render(store: Storage, date, evaluation: dict, *, recommended=None, item_pop
         "coverage": _fmt(winner.get("coverage")), "novelty": _fmt(winner.get("novelty")),
         "diversity": _fmt(winner.get("diversity", float("nan"))), "rolling": _rolling(store),
         "served": _served(evaluation), "cold_start": _cold_start(evaluation), "rules": evaluation.get("rules"),
-        "mmr": _mmr(evaluation), "experiment": _experiment(evaluation),
+        "mmr": _mmr(evaluation), "experiment": _experiment(evaluation), "timings": _timings(store, date),
     }
     return _env().get_template("report.html.j2").render(context)
 

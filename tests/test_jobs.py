@@ -142,3 +142,28 @@ def test_rerun_of_a_date_gives_identical_lists(day):
     after = read_lists(root)
     assert after.equals(before)
     assert Storage.at(root).published()["path"].endswith(sorted(Storage.at(root).partition("topn", DATE).glob("v=*"))[-1].name)
+
+
+def test_each_job_records_where_the_time_went_and_the_report_shows_it(day, tmp_path):
+    """A run explains itself: every job of the day leaves its wall seconds, peak memory and
+    outcome in ``reports/dt=D/timings.json`` (a failure too), and the run report lists the jobs
+    before it."""
+    from nightly_topn import timings
+    from nightly_topn.errors import NightlyTopNError
+    from nightly_topn.jobs import run_job, steps
+
+    root, _ = day
+    store = Storage.at(root)
+    entries = timings.read(store, DATE)
+    names = [name for name, _ in steps()]
+    assert set(entries) == set(names[: names.index("publish") + 1])  # the fixture's day runs up to publish
+    for entry in entries.values():
+        assert entry["outcome"] == "ok" and entry["seconds"] >= 0 and entry["peak_rss_mib"] > 0
+    page = (store.partition("reports", DATE) / "report.html").read_text()
+    assert "Where the time went" in page
+    for name in ("ingest", "preprocess", "train"):
+        assert f"<th>{name}</th><td>{entries[name]['seconds']}</td>" in page
+    empty = tmp_path / "empty"
+    with pytest.raises(NightlyTopNError):
+        run_job("preprocess", DATE, root=empty, params=PARAMS)  # nothing landed
+    assert timings.read(Storage.at(empty), DATE)["preprocess"]["outcome"] == "failed"
