@@ -33,9 +33,12 @@ META_FILE = "model.json"
 def torch_threads() -> int:
     """Intra-op threads for torch training: ``$NIGHTLY_TOPN_TORCH_THREADS``, default 1.
 
-    Measured on the 2-core worker: the small matrices of these models run ~6x slower with 2
-    threads than with 1 when the other core is busy (Beam, Airflow, a parallel task), so one
-    thread is the robust default; raise it on a dedicated multi-core worker.
+    Measured on the 2-core worker (``benchmarks/fit_threads.py``, 3,000 users of the 2M-event
+    shape): alone, 2 threads fit 1.6-1.7x faster (multvae 44.3 -> 26.5 s, horizon 40.6 -> 24.9 s);
+    with a second fit beside it (a backfill's two active runs) 2 threads each are 1.7x slower than
+    1 each (multvae 77.7 vs 44.9 s, horizon 74.5 vs 42.9 s). The count is also part of the result
+    (torch splits reductions by thread), so it is fixed per deployment, never chosen from the
+    load: 1 by default, raise it on a worker that trains one model at a time.
     """
     import os
 
