@@ -124,7 +124,7 @@ def select(pairs: splits.PairTable, params: RunParams) -> tuple[str, dict[str, T
         sample = np.sort(np.random.default_rng([params.seed, 11]).choice(fit.shape[0], params.search_users,
                                                                           replace=False))
         info["search_sample"] = {"users": int(len(sample)), "of_users": int(fit.shape[0])}
-        fit, validation, times = fit[sample], validation[sample], times[sample] if times is not None else None
+        fit, validation, times = fit[sample], validation[sample], times[sample]
         info["search_sample"].update(fit_rows=int(fit.nnz), validation_rows=int(validation.nnz))
     budget = max(0.0, params.tuning_budget_seconds - (time.perf_counter() - started))
     results = tune_all(names, fit, validation, times=times, k=params.eval_k, budget_seconds=budget, seed=params.seed)
