@@ -53,7 +53,13 @@ setup(
     # tooling in tools/ (a local Airflow: httpx, PostgreSQL drivers; a local Dask cluster), faiss for test_ann
     extras_require={"dask": ["apache-beam[dask]==2.77.*"],
                     "ann": ["faiss-cpu==1.15.1"],
+                    # an s3:// storage root: fsspec's S3 filesystem for the jobs, Beam's for the pipeline
+                    "s3": ["s3fs==2026.9.0", "apache-beam[aws]==2.77.*"],
+                    # Airflow's CeleryExecutor (Redis as the broker)
+                    "celery": ["apache-airflow-providers-celery>=3.26"],
                     "test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27",
-                             "apache-beam[dask]==2.77.*", "faiss-cpu==1.15.1"]},
+                             "apache-beam[dask]==2.77.*", "faiss-cpu==1.15.1", "s3fs==2026.9.0",
+                             "apache-beam[aws]==2.77.*", "moto[server]==5.2.5",
+                             "apache-airflow-providers-celery>=3.26"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

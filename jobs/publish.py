@@ -9,25 +9,23 @@ one was not checked. The pointer never moves to an older date than the live one 
 from __future__ import annotations
 
 import logging
-import shutil
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from nightly_topn.config import RunParams
-from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
+from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, remove_tree
 
 log = logging.getLogger(__name__)
 KEEP_VERSIONS = 3
+#: How long a publisher waits for another (a pointer update takes milliseconds).
+LOCK_SECONDS = 600
 
 
 @contextmanager
 def publish_lock(store: Storage):
     """Serialise pointer updates across dates: concurrent runs (a backfill) must not interleave
-    their read-compare-write of the pointer."""
-    from filelock import FileLock
-
-    path = store.root / "runs" / "publish.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path)):
+    their read-compare-write of the pointer. On an object store the pointer's conditional write
+    does that (``Storage.move_pointer``): no lock, so no lease a killed publisher could leave."""
+    with nullcontext() if store.remote else store.lock("publish", timeout=LOCK_SECONDS):
         yield
 
 
@@ -47,8 +45,8 @@ def publish(date, *, root=None, params: RunParams = RunParams(), allow_older: bo
                                 extra={"model_version": manifest["model_version"], "rows": manifest["rows"]})
         live = store.published() or {}
     for old in store.versions(date)[:-KEEP_VERSIONS]:
-        if old != chosen and str(old.relative_to(store.root)) not in (live.get("path"), previous):
-            shutil.rmtree(old, ignore_errors=True)
+        if old != chosen and store.relative(old) not in (live.get("path"), previous):
+            remove_tree(old)
     published = not pointer.get("kept")
     log.info("publish %s: %s", date, f"live -> {chosen}" if published else pointer["reason"])
     return {"date": date.isoformat(), "published": published, "path": str(chosen), "pointer": pointer}

@@ -16,8 +16,8 @@ import datetime as dt
 import getpass
 import logging
 
-from nightly_topn.errors import MissingPartition
-from nightly_topn.storage import MANIFEST, POINTER_HISTORY, Storage
+from nightly_topn.errors import MissingPartition, PublishRefused
+from nightly_topn.storage import MANIFEST, POINTER_HISTORY, PointerMoved, Storage
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def rollback_target(store: Storage) -> dict:
         gone.add(entry["path"])
     why = f" ({len(skipped)} earlier version(s) unusable, e.g. {skipped[0]})" if skipped else ""
     raise MissingPartition(f"no earlier published version to roll back to from {live['path']}{why}; "
-                           f"see {store.pointer_path().with_name(POINTER_HISTORY)}")
+                           f"see {store.pointer_path().parent / POINTER_HISTORY}")
 
 
 def rollback(*, root=None, reason: str = "", by: str | None = None) -> dict:
@@ -51,14 +51,20 @@ def rollback(*, root=None, reason: str = "", by: str | None = None) -> dict:
 
     store = Storage.at(root)
     with publish_lock(store):
-        live = store.published()
+        live, tag = store.published_and_tag()
+        if live is None:
+            raise MissingPartition(f"nothing is published under {store.root}: nothing to roll back")
         target = rollback_target(store)
         now = dt.datetime.now(dt.timezone.utc)
         pointer = {"date": target["date"], "path": target["path"], "published_at": now.isoformat(timespec="seconds"),
                    "model_version": target.get("model_version"), "rows": target.get("rows"),  # as published
                    "rolled_back_from": live["path"], "rollback_reason": reason[:500],
                    "rolled_back_by": by or getpass.getuser()}
-        store.move_pointer(pointer, "rollback")
+        try:
+            store.move_pointer(pointer, "rollback", tag=tag)
+        except PointerMoved:
+            raise PublishRefused(f"not rolling back: a publish moved the live lists away from {live['path']} "
+                                 "meanwhile; check `nightly-topn lookup` and roll back again if needed") from None
     message = (f"rolled back the live lists from {live['path']} to {target['path']} "
                f"(model {pointer['model_version']}): {reason or 'no reason given'}")
     log.warning("%s", message)

@@ -66,7 +66,7 @@ def _lists(store: Storage, day) -> tuple[pa.Table, str]:
     files = manifest.get("files") or sorted(p.name for p in version.glob("part-*.parquet"))
     tables = []
     for name in files:
-        table = pq.read_table(version / name)
+        table = pq.read_table(str(version / name))
         tables.append(pa.table({"user_id": table["user_id"], "item_ids": table["item_ids"],
                                 "model_version": table["model_version"], "arm": arm_column(table)}))
     return pa.concat_tables(tables), manifest.get("model_version", "")
@@ -80,7 +80,7 @@ def _future(store: Storage, day: dt.date, horizon: int) -> tuple[dict[str, set[s
         if not path.is_file():
             continue
         landed += 1
-        table = pq.read_table(path, columns=["user_id", "item_id"])
+        table = pq.read_table(str(path), columns=["user_id", "item_id"])
         for user, item in zip(table.column("user_id").to_pylist(), table.column("item_id").to_pylist()):
             if user is not None and item is not None:
                 relevant.setdefault(user, set()).add(item)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import shutil
 import time
 
 import numpy as np
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 from nightly_topn import registry, schemas
 from nightly_topn.config import RunParams
 from nightly_topn.errors import MissingPartition
-from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
+from nightly_topn.storage import MANIFEST, Storage, as_date, read_json, remove_tree
 
 log = logging.getLogger(__name__)
 #: Items per part file.
@@ -83,11 +82,11 @@ def similar(date, *, root=None, params: RunParams = RunParams()) -> dict:
                 pa.repeat(pa.scalar(date, pa.date32()), n),
             ], schema=schemas.SIMILAR)
             name = f"part-{lo:010d}-{hi:010d}.parquet"
-            with pq.ParquetWriter(stage / name, schemas.SIMILAR, compression="zstd",
+            with pq.ParquetWriter(str(stage / name), schemas.SIMILAR, compression="zstd",
                                   sorting_columns=[pq.SortingColumn(0)]) as writer:
                 writer.write_batch(batch, row_group_size=DEFAULT_ROW_GROUP)
             files.append(name)
-        pq.write_table(lookup_index(stage, files, key="item_id"), stage / INDEX_FILE, compression="zstd")
+        pq.write_table(lookup_index(stage, files, key="item_id"), str(stage / INDEX_FILE), compression="zstd")
         store.write_manifest(stage, producer="similar", date=date, inputs=[features_dir, models_dir],
                              extra={"files": files, "rows": len(item_ids), "index": INDEX_FILE, "k": params.similar_items,
                                     "method": method, "excluded_items": int(len(excluded)),
@@ -116,8 +115,8 @@ def publish_similar(date, *, root=None, params: RunParams = RunParams(), version
                                 extra={"model_version": manifest["model_version"], "rows": manifest["rows"]})
         live = store.published("similar") or {}
     for old in store.versions(date, "similar")[:-KEEP_VERSIONS]:
-        if old != chosen and str(old.relative_to(store.root)) not in (live.get("path"), previous):
-            shutil.rmtree(old, ignore_errors=True)
+        if old != chosen and store.relative(old) not in (live.get("path"), previous):
+            remove_tree(old)
     published = not pointer.get("kept")
     log.info("publish_similar %s: %s", date, f"live -> {chosen}" if published else pointer["reason"])
     return {"date": date.isoformat(), "published": published, "path": str(chosen), "pointer": pointer}

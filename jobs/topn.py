@@ -80,7 +80,7 @@ def arm_counts(parts) -> dict:
     """Users per arm in the written lists (what the gate and the report compare with the hash)."""
     counts = {}
     for part in parts:
-        arms = pq.read_table(part, columns=["arm"]).column(0)
+        arms = pq.read_table(str(part), columns=["arm"]).column(0)
         for row in pc.value_counts(arms).to_pylist():
             counts[row["values"]] = counts.get(row["values"], 0) + row["counts"]
     return counts
@@ -131,10 +131,10 @@ def topn(date, *, root=None, params: RunParams = RunParams(), beam_args: list[st
             candidates = candidate_report(stage)
             index = lookup_index(stage, [p.name for p in parts])
             rows = sum(index.column("num_rows").to_pylist())
-            expected = pq.read_metadata(features_dir / "user_map.parquet").num_rows
+            expected = pq.read_metadata(str(features_dir / "user_map.parquet")).num_rows
             if rows != expected:
                 raise BadInput(f"top-N pipeline wrote {rows} rows for {expected} users into {stage}")
-            pq.write_table(index, stage / INDEX_FILE, compression="zstd")
+            pq.write_table(index, str(stage / INDEX_FILE), compression="zstd")
             new_items = read_new_items(features_dir)
             reach = None if new_items is None else new_item_reach(stage, [p.name for p in parts], new_items.ids)
             store.write_manifest(stage, producer="topn", date=date, inputs=[features_dir, models_dir],

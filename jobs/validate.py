@@ -21,8 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import os
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -38,15 +36,15 @@ from nightly_topn.errors import MissingPartition
 from nightly_topn.experiments import CHALLENGER, CHAMPION, admitted, in_challenger
 from nightly_topn.features import read_new_items
 from nightly_topn.quality import GateFailed, gate_settings, require, run_gate
-from nightly_topn.storage import MANIFEST, Storage, as_date, fsync_dir, read_json, read_table, write_table
+from nightly_topn.storage import (MANIFEST, Storage, as_date, fingerprint, move_tree, read_json, read_table, remove_tree,
+                                  write_table)
 
 log = logging.getLogger(__name__)
 
 
-def raw_fingerprint(path: Path) -> str:
+def raw_fingerprint(path) -> str:
     """Identifies one landed file (a re-land changes it), so a stale clean partition is not used."""
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
+    return fingerprint(path)
 
 
 def gated_events(store: Storage, day: dt.date) -> Path | None:
@@ -107,10 +105,7 @@ def reject_raw(store: Storage, date) -> Path | None:
         return None
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     target = store.root / "quarantine" / REJECTED_RAW / f"dt={date.isoformat()}.{stamp}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(source, target)
-    for directory in (source.parent, target.parent):
-        fsync_dir(directory)
+    move_tree(source, target)
     log.warning("raw %s: rejected partition moved to %s; the next run re-lands the day from the source",
                 date, target)
     return target
@@ -250,7 +245,7 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
     if gates is not None:  # an earlier day of a window (validate_window): volume is not judged
         parameters.update({k: None for k in parameters if k.startswith("volume_")})
     what = f"raw events {path} ({len(frame)} rows)"
-    shutil.rmtree(store.partition("clean", date), ignore_errors=True)  # never leave a stale accepted set
+    remove_tree(store.partition("clean", date))  # never leave a stale accepted set
     gate = run_gate_("raw_events", frame, reports, parameters)
 
     blocking = [f for f in gate.failures if not (f["quarantine"] and f["label"] in gate.unexpected_index)]
@@ -513,8 +508,8 @@ def validate_topn(date, *, root=None, params: RunParams = RunParams(), settings:
     arms = {"champion": champion, **({"challenger": experiment["model_version"], "experiment": experiment["experiment"],
                                       "share": experiment["share"]} if experiment else {})}
     frame = topn_frame(version, features_dir, top_n, LandedRules(store.partition("raw", date), date), arms)
-    n_users = pq.read_metadata(features_dir / "user_map.parquet").num_rows
-    n_items = pq.read_metadata(features_dir / "item_map.parquet").num_rows
+    n_users = pq.read_metadata(str(features_dir / "user_map.parquet")).num_rows
+    n_items = pq.read_metadata(str(features_dir / "item_map.parquet")).num_rows
     parameters = {
         "n_users": n_users,
         "coverage_hard_min": min(n_items, math.ceil(settings["coverage_hard_min_share"] * n_items)),
@@ -584,7 +579,7 @@ def validate_similar(date, *, root=None, params: RunParams = RunParams(), settin
     manifest = read_json(version / MANIFEST)
     features_dir = store.partition("features", date)
     frame = similar_frame(version, features_dir, LandedRules(store.partition("raw", date), date))
-    parameters = {"n_items": pq.read_metadata(features_dir / "item_map.parquet").num_rows,
+    parameters = {"n_items": pq.read_metadata(str(features_dir / "item_map.parquet")).num_rows,
                   "k": int(manifest.get("k") or params.similar_items),
                   "model_versions": [manifest.get("model_version")], "dates": [date.isoformat()]}
     return _gate_version(store, date, version, "similar", frame, parameters,

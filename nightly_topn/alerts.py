@@ -18,7 +18,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from nightly_topn.storage import Storage, as_date, write_json
+from nightly_topn.storage import Storage, append_line, as_date, write_json
 
 log = logging.getLogger(__name__)
 ALERT_LOG = "alerts.jsonl"
@@ -50,12 +50,17 @@ def write_alert(alert: dict, *, root=None) -> Path:
     folder = store.partition("alerts", alert["date"]) if alert.get("date") else base / "undated"
     path = folder / f"{alert['task_id']}.try-{alert['try_number']}.json"
     write_json(path, alert)
-    base.mkdir(parents=True, exist_ok=True)
-    from filelock import FileLock
+    # one write per line: concurrent runs append to the same log (a file lock locally; on an
+    # object store ``append_line``'s conditional writes)
+    line = json.dumps(alert, sort_keys=True, default=str)
+    if store.remote:
+        append_line(base / ALERT_LOG, line)
+    else:
+        from filelock import FileLock
 
-    # one write per line, under a lock: concurrent runs append to the same log
-    with FileLock(str(base / f"{ALERT_LOG}.lock")), (base / ALERT_LOG).open("a") as out:
-        out.write(json.dumps(alert, sort_keys=True, default=str) + "\n")
+        base.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(base / f"{ALERT_LOG}.lock")):
+            append_line(base / ALERT_LOG, line)
     return path
 
 

@@ -41,9 +41,38 @@ MODEL_CHOICES = ("auto", "popularity", "als", "bpr", "itemknn", "ease", "puresvd
 CHALLENGER_CHOICES = ("none", *MODEL_CHOICES[2:])
 
 
-def storage_root(root: str | os.PathLike | None = None) -> Path:
-    """The storage root: the argument, else ``$NIGHTLY_TOPN_ROOT``, else ``./var/data``."""
-    return Path(root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT).expanduser().resolve()
+def storage_root(root: str | os.PathLike | None = None):
+    """The storage root: the argument, else ``$NIGHTLY_TOPN_ROOT``, else ``./var/data``. A local
+    path (``pathlib.Path``, resolved) or an object-store URL (``s3://bucket/prefix``, ``gs://...``:
+    a ``upath.UPath``, credentials and endpoint from the environment, never from the URL)."""
+    value = root or os.environ.get(ROOT_ENV) or DEFAULT_ROOT
+    text = str(value)
+    if "://" in text and not text.startswith("file://"):
+        return value if hasattr(value, "protocol") else _object_store_root(text)  # a UPath already
+    return Path(text.removeprefix("file://")).expanduser().resolve()
+
+
+def _object_store_root(url: str):
+    """``url`` as a ``UPath``: one of the supported schemes, a bucket, no ``..``, no credentials."""
+    from nightly_topn.storage import as_path
+
+    scheme, _, rest = url.partition("://")
+    if scheme not in OBJECT_STORES:
+        raise ConfigError(f"storage root {url!r}: unsupported scheme {scheme}://; expected a local path or "
+                          f"one of {', '.join(s + '://' for s in OBJECT_STORES)}")
+    parts = [p for p in rest.split("/") if p]
+    if not parts or "@" in parts[0] or ".." in parts or "." in parts:
+        raise ConfigError(f"storage root {url!r}: expected {scheme}://BUCKET[/PREFIX] without '..' or credentials "
+                          "(credentials and the endpoint come from the environment, e.g. AWS_*)")
+    try:
+        return as_path(f"{scheme}://{'/'.join(parts)}")
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"storage root {url!r} needs the filesystem for {scheme}:// "
+                          f"(pip install 'nightly-topn[{OBJECT_STORES[scheme]}]'): {exc}") from None
+
+
+#: Object-store schemes a storage root may use, and the package extra that installs each.
+OBJECT_STORES = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}
 
 
 def source_spec(source: str | None = None) -> str:

@@ -19,6 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
+from nightly_topn.storage import as_path
+
 INTERACTIONS = "interactions.parquet"
 USER_MAP = "user_map.parquet"
 ITEM_MAP = "item_map.parquet"
@@ -175,7 +177,7 @@ class Features:
         finally:
             source.close()
         return cls(
-            directory=Path(directory),
+            directory=as_path(directory),
             user_ids=user_ids,
             item_ids=item_ids,
             users=table.column("user_index").to_numpy(),

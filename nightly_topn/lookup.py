@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from nightly_topn.errors import BadInput, MissingPartition, NightlyTopNError, cause_of
 from nightly_topn.experiments import CHAMPION
 from nightly_topn.serving.encoding import arm_column
-from nightly_topn.storage import MANIFEST, Storage, as_date, read_json
+from nightly_topn.storage import MANIFEST, Storage, as_date, as_path, is_remote, read_json
 
 INDEX_FILE = "_index.parquet"
 #: What reading a part file or the sidecar raises when the file is gone, truncated or not Parquet.
@@ -33,7 +33,8 @@ _PART_ERRORS = (OSError, pa.ArrowException, ValueError, KeyError, IndexError)
 def _pointer_naming(directory: Path) -> Path | None:
     """The published pointer ``topn/CURRENT.json`` of the storage root ``directory`` lives under
     (``<root>/topn/dt=D/v=V``) if it names ``directory``, else None."""
-    directory = Path(directory).absolute()
+    directory = as_path(directory)
+    directory = directory if is_remote(directory) else directory.absolute()
     if directory.parent.parent.name != "topn":
         return None
     store = Storage(directory.parent.parent.parent)
@@ -41,7 +42,7 @@ def _pointer_naming(directory: Path) -> Path | None:
         named = (store.published() or {}).get("path")
     except (OSError, ValueError):
         return None
-    return store.pointer_path() if named and (store.root / named).resolve() == directory.resolve() else None
+    return store.pointer_path() if named and str(store.inside(named)) == str(store.inside(directory)) else None
 
 
 #: The key column of each published product's part files.
@@ -56,7 +57,7 @@ class TopNReader:
         """Open the version ``directory``: its manifest, its ``_index.parquet`` sidecar and the
         part files they name must all be there (``MissingPartition`` naming what is not, and the
         published pointer when it names this version); a corrupt manifest or sidecar is ``BadInput``."""
-        self.directory, self.key = Path(directory), key
+        self.directory, self.key = as_path(directory), key
         if not self.directory.is_dir():
             raise self._missing(f"top-N version {self.directory} does not exist")
         manifest_path = self.directory / MANIFEST
@@ -75,7 +76,7 @@ class TopNReader:
         # (min id, max id, file, row group), sorted by min id.
         columns = [f"min_{key}", f"max_{key}", "file", "row_group"]
         try:
-            table = pq.read_table(sidecar, columns=columns)
+            table = pq.read_table(str(sidecar), columns=columns)
             cols = [table.column(c).to_pylist() for c in columns]
         except FileNotFoundError:
             raise self._missing(no_sidecar) from None
@@ -121,7 +122,7 @@ class TopNReader:
         try:
             handle = self._files.get(path)
             if handle is None:
-                handle = self._files[path] = pq.ParquetFile(path, memory_map=True)
+                handle = self._files[path] = pq.ParquetFile(str(path), memory_map=not is_remote(path))
             # One thread: decoding ~100 rows is faster than handing it to a pool, and a lookup service
             # should not wait on pool threads that a busy machine may not schedule (tail latency).
             group = handle.read_row_group(rg, use_threads=False)
@@ -191,7 +192,7 @@ class TopNReader:
     def _batches(self, path: Path, batch_rows: int):
         """The record batches of one part file; a vanished or undecodable file is one-line error."""
         try:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+            yield from pq.ParquetFile(str(path)).iter_batches(batch_size=batch_rows)
         except _PART_ERRORS as exc:
             raise self._part_error(path, exc) from exc
 

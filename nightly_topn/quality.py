@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from nightly_topn.errors import ConfigError, GateFailed
-from nightly_topn.storage import staged, write_json
+from nightly_topn.storage import as_path, staged, write_json
 
 log = logging.getLogger(__name__)
 GX_PROJECT = Path(__file__).resolve().parent.parent / "expectations" / "gx"
@@ -165,7 +165,7 @@ def run_gate(checkpoint: str, frame, report_dir: Path, parameters: dict | None =
     started = time.perf_counter()
     gx = import_gx()
     name = name or checkpoint
-    report_dir = Path(report_dir)
+    report_dir = as_path(report_dir)
     workdir = report_dir / "gx" / name
     # Built in a staging folder of its own and renamed into place: two gate runs never share a GX
     # project, and a failed or killed one leaves nothing half-written (storage.staged).
@@ -208,7 +208,7 @@ class GateSession:
         result = self.context.validation_definitions.get(checkpoint).run(
             batch_parameters={"dataframe": frame}, expectation_parameters=parameters or {},
             result_format=result_format)
-        return _gate_result(checkpoint, frame, [result], result.describe_dict(), Path(report_dir),
+        return _gate_result(checkpoint, frame, [result], result.describe_dict(), as_path(report_dir),
                             name or checkpoint, parameters, "", started)
 
 
@@ -244,7 +244,7 @@ def _gate_result(checkpoint, frame, suite_results, described, report_dir: Path, 
     gate.docs_path = docs_path
     gate.seconds = round(time.perf_counter() - started, 3)
     gate.result_path = str(report_dir / f"{name}.validation.json")
-    write_json(Path(gate.result_path), {
+    write_json(as_path(gate.result_path), {
         "checkpoint": checkpoint, "success": gate.success, "rows": gate.rows, "seconds": gate.seconds,
         "parameters": _jsonable(_trim(parameters or {})), "failures": gate.failures, "warnings": gate.warnings,
         "data_docs": gate.docs_path, "checkpoint_result": _jsonable(_trim(described)),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from nightly_topn import __version__
 from nightly_topn.errors import BadInput
-from nightly_topn.storage import Storage, as_date, read_json, write_json
+from nightly_topn.storage import Storage, as_date, as_path, read_json, write_json
 
 REGISTRY_FILE = "registry.json"
 INFO_FILE = "model_info.json"
@@ -52,7 +52,7 @@ def _read(path: Path) -> dict:
 
 
 def write_run(directory: Path, record: dict) -> None:
-    write_json(Path(directory) / REGISTRY_FILE, record)
+    write_json(as_path(directory) / REGISTRY_FILE, record)
 
 
 def read_run(store: Storage, date) -> dict | None:
@@ -68,7 +68,7 @@ def model_info(store: Storage, date, *, required: bool = False) -> dict | None:
 
 
 def write_model_info(directory: Path, info: dict) -> None:
-    write_json(Path(directory) / INFO_FILE, info)
+    write_json(as_path(directory) / INFO_FILE, info)
 
 
 def champion(store: Storage, before=None) -> dict | None:

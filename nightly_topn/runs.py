@@ -25,6 +25,7 @@ LOCK_TIMEOUT_SECONDS = 2 * 3600
 
 
 def lock_path(store: Storage, date):
+    """``runs/dt=D.lock``: a file lock on a local root, a lease object on an object store (``Storage.lock``)."""
     return store.root / "runs" / f"dt={as_date(date).isoformat()}.lock"
 
 
@@ -46,19 +47,9 @@ def date_guard(date, *, root=None, run_id: str | None = None, claim: bool = Fals
     """Hold ``date``'s lock for one job. With ``run_id``: ``claim`` makes this run the owner of
     the date (its first job); otherwise the job refuses (``RunInProgress``) if a later run owns
     it. Without ``run_id`` (a job run by hand) only the lock is taken."""
-    from filelock import FileLock, Timeout
-
     store = Storage.at(root)
     day = as_date(date)
-    path = lock_path(store, day)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path))
-    try:
-        lock.acquire(timeout=timeout)
-    except Timeout:
-        raise RunInProgress(f"another job of {day} has held {path} for over {timeout:.0f}s; "
-                            "try again when it ends") from None
-    try:
+    with store.lock(f"dt={day.isoformat()}", timeout):
         if run_id:
             owner = current_claim(store, day)
             if claim or owner is None:
@@ -77,5 +68,3 @@ def date_guard(date, *, root=None, run_id: str | None = None, claim: bool = Fals
             log.info("swept %d leftover(s) of killed writers of %s: %s", len(swept), day,
                      ", ".join(p.name for p in swept[:5]))
         yield store
-    finally:
-        lock.release()

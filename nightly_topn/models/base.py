@@ -301,7 +301,20 @@ def sparse_from(prefix: str, arrays: dict[str, np.ndarray]) -> sp.csr_matrix:
                          shape=tuple(int(x) for x in arrays[f"{prefix}_shape"]))
 
 
-def load_model(directory: str | Path) -> Recommender:
+def load_model(directory) -> Recommender:
+    """Load a model saved by ``Recommender.save`` (arrays with ``allow_pickle=False``). A model
+    on an object store is copied to a temporary directory first (``np.load`` reads local files);
+    messages name the original path."""
+    from nightly_topn.storage import as_path, is_remote, local_directory
+
+    path = as_path(directory)
+    if not is_remote(path):
+        return _load_local(path)
+    with local_directory(path) as local:
+        return _load_local(local, shown=path)
+
+
+def _load_local(directory: Path, shown=None) -> Recommender:
     """Load a model saved by ``Recommender.save`` (arrays with ``allow_pickle=False``).
 
     Every problem with the files (missing, truncated, not an npz archive, metadata that is not
@@ -319,6 +332,8 @@ def load_model(directory: str | Path) -> Recommender:
     meta_path, arrays_path = directory / META_FILE, directory / ARRAYS_FILE
 
     def bad(path: Path, problem: str, exc: BaseException | None = None) -> BadInput:
+        if shown is not None:
+            path = f"{shown}/{Path(path).name}"
         return BadInput(f"cannot load model {path}: {problem}" + (f" ({cause_of(exc)})" if exc is not None else ""))
 
     try:

@@ -95,7 +95,7 @@ def chunks(directory, files: list[str], version: str, batch_rows: int):
     for name in files:
         path = directory / name
         try:
-            meta = pq.read_metadata(path)
+            meta = pq.read_metadata(str(path))
         except (OSError, pa.ArrowException) as exc:
             raise BadInput(f"cannot read part file {path} of {version}: {cause_of(exc)}") from exc
         group, rows = [], 0
@@ -113,7 +113,7 @@ def read_chunk(chunk, version: str) -> pa.RecordBatch:
     """The rows of one ``chunks`` entry as one record batch (a broken file: ``BadInput`` naming it)."""
     path, groups = chunk
     try:
-        table = pq.ParquetFile(path, memory_map=True).read_row_groups(groups, use_threads=False)
+        table = pq.ParquetFile(str(path), memory_map="://" not in str(path)).read_row_groups(groups, use_threads=False)
     except (OSError, pa.ArrowException) as exc:
         raise BadInput(f"cannot read part file {path} of {version}: {cause_of(exc)}") from exc
     return pa.record_batch([column.combine_chunks() for column in table.columns], schema=table.schema)
