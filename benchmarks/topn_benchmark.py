@@ -22,7 +22,12 @@ leak between them; RSS = the sum over the process tree, sampled every 20 ms):
   ``dask.distributed`` cluster started for the run (``tools.local_dask``: scheduler + 2 worker
   processes of one thread on 127.0.0.1, ``--scoring_threads=1``) twice: the fresh cluster's first
   run, then its second (what a long-lived cluster sees nightly); peak RSS sampled per worker
-  process, output compared row for row with the DirectRunner's (``--skip dask`` to leave out).
+  process, output compared row for row with the DirectRunner's (``--skip dask`` to leave out);
+  then with the storage root on an S3 API (``tools.local_s3``: moto's server on 127.0.0.1, the
+  root's features and models uploaded to ``s3://nightly-topn/bench``, reached through ``AWS_*``):
+  the job in-process, and on the Dask cluster (workers read the history and the model from the
+  store and write the part files to it), compared row for row with the local root's output
+  (``--skip s3`` to leave out).
 * ``naive``: the tutorial shape — ``beam.Create(user indices) | ParDo(per user: NumPy dot
   product, mask seen, argpartition + argsort, yield a dict) | WriteToParquet`` — on the same
   runners, on samples of ``S`` and ``2S`` users (``--naive-sample`` 10,000 in-process,
@@ -199,7 +204,9 @@ def task_pipeline(args):
     beam_args = [f"--batch_size={args.batch_size}", f"--range_size={args.range_size}", *args.beam]
     result = topn(DATE, root=args.root, params=RunParams(top_n=args.top_n, diversity_strength=args.diversity_strength),
                   beam_args=beam_args)
-    manifest = _json.loads((Path(result["path"]) / "_manifest.json").read_text())
+    from nightly_topn.storage import as_path
+
+    manifest = _json.loads((as_path(result["path"]) / "_manifest.json").read_text())
     seconds = manifest["seconds"]
     return {**result, "seconds": seconds, "users_per_s": result["rows"] / seconds, "beam_args": beam_args}
 
@@ -275,11 +282,11 @@ TASKS = {"similar": task_similar, "bound": task_bound, "kernel": task_kernel, "i
 
 
 # -- the orchestrator ----------------------------------------------------------------------
-def run_task(name: str, args, extra: list[str] = ()) -> dict:
+def run_task(name: str, args, extra: list[str] = (), root: str | None = None) -> dict:
     """Run ``--task name`` in a child process; its JSON result + peak RSS of its process tree."""
     from measure import run_measured
 
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--task", name, "--root", str(args.root),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--task", name, "--root", str(root or args.root),
            "--top-n", str(args.top_n), "--batch-size", str(args.batch_size), "--range-size", str(args.range_size),
            "--factors", str(args.factors), "--items", str(args.items), *extra]
     done = run_measured(cmd)
@@ -290,7 +297,7 @@ def run_task(name: str, args, extra: list[str] = ()) -> dict:
     return result
 
 
-def dask_run(args, workers: int = 2) -> tuple[dict, dict]:
+def dask_run(args, workers: int = 2, root: str | None = None) -> tuple[dict, dict]:
     """The pipeline task on Beam's Dask runner, twice, against one fresh local cluster
     (``tools.local_dask``: scheduler + ``workers`` one-thread worker processes on 127.0.0.1), one
     scoring thread per worker: the first run is a just-started cluster's, the second what a
@@ -317,14 +324,38 @@ def dask_run(args, workers: int = 2) -> tuple[dict, dict]:
         sampler.start()
         try:
             flags = [f"--runner={DASK_RUNNER}", f"--dask_client_address={cluster.address}", "--scoring_threads=1"]
-            first = run_task("pipeline", args, [f"--beam={f}" for f in flags])
-            second = run_task("pipeline", args, [f"--beam={f}" for f in flags])
+            first = run_task("pipeline", args, [f"--beam={f}" for f in flags], root=root)
+            second = run_task("pipeline", args, [f"--beam={f}" for f in flags], root=root)
         finally:
             done.set()
             sampler.join()
     for result in (first, second):
         result["worker_peak_rss_mib"] = [round(p / 2**20) for p in peaks]
     return first, second
+
+
+def object_store_runs(args, runs: dict) -> None:
+    """The pipeline with the root on a local S3 server (moto, 127.0.0.1): in-process and on a
+    fresh 2-worker Dask cluster; the root's features and models are uploaded first (timed)."""
+    from tools.local_s3 import LocalS3
+
+    with LocalS3() as s3:
+        os.environ.update(s3.env())  # the tasks and the Dask workers inherit the endpoint and keys
+        started = time.perf_counter()
+        client = s3.client()
+        for path in sorted(Path(args.root).rglob("*")):
+            relative = path.relative_to(args.root).as_posix()
+            if path.is_file() and relative.split("/")[0] in ("features", "models"):
+                client.upload_file(str(path), s3.bucket, f"bench/{relative}")
+        runs["s3_upload_seconds"] = round(time.perf_counter() - started, 1)
+        root = s3.url("bench")
+        runs["pipeline_s3"] = [run_task("pipeline", args, root=root)]
+        first, second = dask_run(args, root=root)
+        runs["pipeline_dask_s3"] = [second]
+        runs["pipeline_dask_s3_first"] = [first]
+        # compared while the server still holds them
+        runs["identical_local_vs_s3"] = identical_outputs(runs["pipeline"][0]["path"], runs["pipeline_s3"][0]["path"])
+        runs["identical_local_vs_dask_s3"] = identical_outputs(runs["pipeline"][0]["path"], second["path"])
 
 
 def naive_rate(args, beam: list[str], n_users: int, sample: int) -> dict:
@@ -392,9 +423,11 @@ def identical_outputs(path_a: str, path_b: str) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from nightly_topn.storage import as_path
+
     def read(path):
-        files = json.loads((Path(path) / "_manifest.json").read_text())["files"]
-        return files, pa.concat_tables(pq.read_table(Path(path) / f) for f in files)
+        files = json.loads((as_path(path) / "_manifest.json").read_text())["files"]
+        return files, pa.concat_tables(pq.read_table(f"{path}/{f}") for f in files)
 
     (files_a, a), (files_b, b) = read(path_a), read(path_b)
     return files_a == files_b and a.equals(b)
@@ -419,7 +452,8 @@ def main(argv=None):
     parser.add_argument("--items", type=int, default=26_744)
     parser.add_argument("--interactions", type=int, default=20_000_263)
     parser.add_argument("--factors", type=int, default=64)
-    parser.add_argument("--skip", default="", help="comma list of: implicit,naive,mp (multi-process runs),dask")
+    parser.add_argument("--skip", default="", help="comma list of: implicit,naive,mp (multi-process runs),dask,"
+                                                   "s3 (the root on a local S3 server)")
     parser.add_argument("--json", help="also write all figures to this JSON file")
     # internal: run one task in this process
     parser.add_argument("--task", choices=sorted(TASKS))
@@ -429,7 +463,8 @@ def main(argv=None):
     parser.add_argument("--beam", action="append", default=[])
     parser.add_argument("--diversity-strength", type=float, default=0.0, help="kernel/pipeline: MMR strength")
     args = parser.parse_args(argv)
-    args.root = str(Path(args.root).resolve())
+    if "://" not in args.root:
+        args.root = str(Path(args.root).resolve())
     if not args.batch_size:
         from nightly_topn.scoring import DEFAULT_BATCH
 
@@ -472,6 +507,10 @@ def main(argv=None):
             first, second = dask_run(args)
             runs.setdefault("pipeline_dask_first", []).append(first)
             runs.setdefault("pipeline_dask", []).append(second)
+    if "s3" not in skip:
+        object_store_runs(args, runs)
+        for key in ("s3_upload_seconds", "identical_local_vs_s3", "identical_local_vs_dask_s3"):
+            r[key] = runs.pop(key)
     for key, results in runs.items():
         rate = (lambda x: x["square_gflops"]) if key == "bound" else (lambda x: x["users_per_s"])
         r[key] = {**max(results, key=rate), "all_runs": [round(rate(x), 1) for x in results],
@@ -521,6 +560,13 @@ def report(r, args):
                      r["pipeline_dask_first"]["users_per_s"], max(r["pipeline_dask_first"]["worker_peak_rss_mib"])))
         rows.append(("pipeline end to end, Dask 2 workers x 1 thread, running cluster",
                      r["pipeline_dask"]["users_per_s"], max(r["pipeline_dask"]["worker_peak_rss_mib"])))
+    if "pipeline_s3" in r:
+        rows.append(("pipeline end to end, DirectRunner, root on S3 (local server)", r["pipeline_s3"]["users_per_s"],
+                     r["pipeline_s3"]["peak_rss_mib"]))
+        rows.append(("pipeline end to end, Dask 2 workers, root on S3, fresh cluster",
+                     r["pipeline_dask_s3_first"]["users_per_s"], max(r["pipeline_dask_s3_first"]["worker_peak_rss_mib"])))
+        rows.append(("pipeline end to end, Dask 2 workers, root on S3, running cluster",
+                     r["pipeline_dask_s3"]["users_per_s"], max(r["pipeline_dask_s3"]["worker_peak_rss_mib"])))
     for key, label in (("naive", "naive 1 user/element DoFn, DirectRunner (extrapolated)"),
                        ("naive_mp", "naive 1 user/element DoFn, multi_processing x2 (extrap.)")):
         if key in r:
@@ -557,6 +603,11 @@ def report(r, args):
     if "pipeline_dask" in r:
         print(f"single-process vs Dask output identical: {r['identical_single_vs_dask']}; Dask worker peak RSS "
               f"{r['pipeline_dask']['worker_peak_rss_mib']} MiB, launching job {r['pipeline_dask']['peak_rss_mib']:.0f} MiB")
+    if "pipeline_s3" in r:
+        print(f"root on S3 (features + models uploaded in {r['s3_upload_seconds']} s): in-process "
+              f"{r['pipeline_s3']['users_per_s'] / r['pipeline']['users_per_s']:.2f}x the local root's users/s, Dask on S3 "
+              f"{r['pipeline_dask_s3']['users_per_s'] / r['pipeline']['users_per_s']:.2f}x; output identical to the local "
+              f"root's: in-process {r['identical_local_vs_s3']}, Dask {r['identical_local_vs_dask_s3']}")
     print(f"kernel agreement with model.recommend on 200 users: {r['kernel']['agreement_with_model_recommend']:.3f}")
     print(f"load average start {r['load_avg_start'][0]:.1f}, end {r['load_avg_end'][0]:.1f} on {r['cpus']} CPUs; "
           f"benchmark wall {r['wall_seconds']:.0f} s")

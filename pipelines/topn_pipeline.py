@@ -119,13 +119,25 @@ class ModelCache:
             return self._models[key]
 
 
+def use_filesystem_options(flags: list[str]) -> None:
+    """Give Beam's ``FileSystems`` this pipeline's options in a worker process: its S3 and GCS
+    filesystems are configured from them (``--s3_endpoint_url``..., else the standard ``AWS_*`` /
+    Google variables), and a runner that runs DoFns in plain worker processes (Dask) does not
+    set them there, so an ``s3://`` output would fail with "Must provide one of client or options"."""
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(PipelineOptions(flags))
+
+
 class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
     def __init__(self, features_dir: str, model_dir: str, fallback_dir: str, top_n: int, batch_size: int,
                  threads: int = 0, diversity_strength: float = 0.0, challenger_dir: str = "", experiment: str = "",
-                 challenger_share: float = 0.0, candidates: str = "exact", report_dir: str = ""):
+                 challenger_share: float = 0.0, candidates: str = "exact", report_dir: str = "",
+                 pipeline_flags: tuple[str, ...] = ()):
         self.features_dir, self.model_dir, self.fallback_dir = features_dir, model_dir, fallback_dir
+        self.pipeline_flags = list(pipeline_flags)
         self.models = Shared()  # -> ModelCache, one per worker process and pipeline run
         self.top_n, self.batch_size, self.threads = top_n, batch_size, threads
         self.diversity_strength = diversity_strength
@@ -136,6 +148,8 @@ class ScoreUserRange(beam.DoFn):
     def setup(self):
         # Heavy state once per worker, not per element; history is read per range (``History``).
         from nightly_topn import scoring
+
+        use_filesystem_options(self.pipeline_flags)
         from nightly_topn.features import History, read_new_items
         from nightly_topn.rules import CandidateRules
 
@@ -255,14 +269,17 @@ class WriteRangeParquet(beam.DoFn):
     """
 
     def __init__(self, features_dir: str, output_dir: str, logical_date: str, model_version: str,
-                 row_group_size: int = DEFAULT_ROW_GROUP, challenger_version: str = ""):
+                 row_group_size: int = DEFAULT_ROW_GROUP, challenger_version: str = "",
+                 pipeline_flags: tuple[str, ...] = ()):
         self.features_dir, self.output_dir = features_dir, output_dir
+        self.pipeline_flags = list(pipeline_flags)
         self.logical_date, self.model_version = logical_date, model_version
         self.row_group_size, self.challenger_version = row_group_size, challenger_version
 
     def setup(self):
         from nightly_topn.features import ITEM_MAP, USER_MAP, InteractionsFile
 
+        use_filesystem_options(self.pipeline_flags)
         source = InteractionsFile(self.features_dir)
         try:
             self.user_ids, self.item_ids = source.ids(USER_MAP), source.ids(ITEM_MAP)
@@ -418,7 +435,8 @@ def run(argv=None) -> None:
     n_users = source.shape[0]
     source.close()
     ranges = user_ranges(n_users, known_args.range_size)
-    options = PipelineOptions(runner_args(pipeline_args, len(ranges)))
+    flags = runner_args(pipeline_args, len(ranges))
+    options = PipelineOptions(flags)
     threads = threads_per_worker(options, known_args.scoring_threads)
     pipeline = beam.Pipeline(options=options)
     (
@@ -429,10 +447,10 @@ def run(argv=None) -> None:
                                               known_args.top_n, known_args.batch_size, threads,
                                               known_args.diversity_strength, known_args.challenger,
                                               known_args.experiment, known_args.challenger_share,
-                                              known_args.candidates, known_args.output))
+                                              known_args.candidates, known_args.output, flags))
         | "Write" >> beam.ParDo(WriteRangeParquet(known_args.features, known_args.output,
                                                   known_args.logical_date, known_args.model_version,
-                                                  known_args.row_group_size, known_args.challenger_version))
+                                                  known_args.row_group_size, known_args.challenger_version, flags))
     )
     result = pipeline.run()
     try:

@@ -3,6 +3,7 @@ processes on 127.0.0.1, started here with Dask's CLI) gives the DirectRunner's r
 process loads each model once, and both workers do work."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -63,3 +64,37 @@ def test_a_dask_run_gets_one_partition_per_range_unless_the_deployment_says():
     assert runner_args(["--runner=FnApiRunner"], 17) == ["--runner=FnApiRunner"]
     assert runner_args([], 17) == []
 
+
+
+def test_dask_workers_read_and_write_an_s3_root_with_the_local_roots_rows(root, monkeypatch):  # noqa: F811
+    """The root on an S3 API (moto's server on 127.0.0.1): the Dask workers read the history and
+    the model from the store and write the part files to it; nothing goes through a local disk
+    the launching job and the workers share."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from nightly_topn.jobs.topn import topn
+    from nightly_topn.storage import Storage
+    from tools.local_s3 import LocalS3
+
+    local = topn(DATE, root=root, params=PARAMS, beam_args=RANGES)
+    files_local, rows_local = read_version(Path(local["path"]))
+    with LocalS3() as s3:
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)  # before the workers start: they inherit the environment
+        client = s3.client()
+        for path in sorted(root.rglob("*")):
+            relative = path.relative_to(root).as_posix()
+            if path.is_file() and relative.split("/")[0] in ("features", "models"):
+                client.upload_file(str(path), s3.bucket, f"day/{relative}")
+        with LocalDask(workers=2) as cluster:
+            flags = [*RANGES, "--runner=apache_beam.runners.dask.dask_runner.DaskRunner",
+                     f"--dask_client_address={cluster.address}", "--scoring_threads=1"]
+            remote = topn(DATE, root=s3.url("day"), params=PARAMS, beam_args=flags)
+        assert remote["path"].startswith(s3.url("day/topn/"))
+        version = Storage.at(s3.url("day")).inside(remote["path"])
+        manifest = json.loads((version / "_manifest.json").read_text())
+        rows = pa.concat_tables(pq.read_table(f"{version}/{name}") for name in manifest["files"])
+        keys = s3.keys(f"day/{Storage.at(s3.url('day')).relative(version)}/")
+    assert manifest["files"] == files_local["files"] and rows.equals(rows_local)
+    assert not any(".tmp" in key or ".candidates-" in key for key in keys)  # temp names renamed, reports folded in
