@@ -64,12 +64,13 @@ def _ratio_bounds(reference: float | None, ratio) -> tuple[int | None, int | Non
     return int(math.floor(reference * ratio[0])), int(math.ceil(reference * ratio[1]))
 
 
-def raw_parameters(store: Storage, date: dt.date, settings: dict) -> dict:
-    """Suite parameters of the raw gate: data interval (+ late allowance), weight range, volume bounds."""
+def raw_parameters(store: Storage, date: dt.date, settings: dict, *, volume: bool = True) -> dict:
+    """Suite parameters of the raw gate: data interval (+ late allowance), weight range, volume
+    bounds (``volume`` False: not judged, and the earlier days' manifests are not read)."""
     start = dt.datetime.combine(date, dt.time(), dt.timezone.utc)
     first = date - dt.timedelta(days=settings["volume_window_days"])
     counts = []
-    for day in store.dates("raw"):
+    for day in store.dates("raw") if volume else ():
         if first <= day < date:
             manifest = read_json(store.partition("raw", day) / MANIFEST)
             counts.append(manifest.get("tables", {}).get("events", {}).get("rows", 0))
@@ -241,7 +242,7 @@ def validate_raw(date, *, root=None, params: RunParams = RunParams(), settings: 
     reports = store.partition("reports", date)
     rules = _validate_rules(store, date, partition, reports, run_gate_)
     frame = read_table(path).to_pandas()
-    parameters = raw_parameters(store, date, settings)
+    parameters = raw_parameters(store, date, settings, volume=gates is None)
     if gates is not None:  # an earlier day of a window (validate_window): volume is not judged
         parameters.update({k: None for k in parameters if k.startswith("volume_")})
     what = f"raw events {path} ({len(frame)} rows)"

@@ -18,7 +18,7 @@ import logging
 import traceback
 from pathlib import Path
 
-from nightly_topn.storage import Storage, append_line, as_date, write_json
+from nightly_topn.storage import Storage, append_line, as_date, read_text, write_json
 
 log = logging.getLogger(__name__)
 ALERT_LOG = "alerts.jsonl"
@@ -69,7 +69,7 @@ def read_alerts(root=None, date=None) -> list[dict]:
     path = Storage.at(root).root / "alerts" / ALERT_LOG
     if not path.is_file():
         return []
-    alerts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    alerts = [json.loads(line) for line in read_text(path).splitlines() if line.strip()]
     if date is not None:
         alerts = [a for a in alerts if a.get("date") == as_date(date).isoformat()]
     return alerts

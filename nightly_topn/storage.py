@@ -115,6 +115,17 @@ class Storage:
         """Dates whose partition of ``kind`` holds the file ``holding`` (by default its manifest:
         the complete partitions; None: every ``dt=`` folder), oldest first."""
         base = self.root / kind
+        if self.remote:  # one flat listing, not a request per day
+            try:
+                keys = base.fs.find(base.path)
+            except FileNotFoundError:
+                return []
+            found = set()
+            for key in keys:
+                folder, _, rest = key[len(base.path.rstrip("/")) + 1:].partition("/")
+                if folder.startswith("dt=") and _DATE.fullmatch(folder[3:]) and (holding is None or rest == holding):
+                    found.add(as_date(folder[3:]))
+            return sorted(found)
         if not base.is_dir():
             return []
         found = []
@@ -252,9 +263,11 @@ class Storage:
     def pointer_history(self, product: str = "topn") -> list[dict]:
         """Every pointer this root has had, oldest first (``action``: publish or rollback)."""
         path = self.pointer_path(product).parent / POINTER_HISTORY
-        if not path.is_file():
+        try:
+            text = read_text(path)
+        except FileNotFoundError:
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def rolled_back(self, product: str = "topn") -> set[str]:
         """Versions (root-relative paths) a rollback moved the pointer away from: never published again."""
@@ -496,8 +509,8 @@ def write_json(path: StoragePath, payload) -> None:
 def read_json(path: StoragePath):
     """Read a JSON file; a missing file is ``MissingPartition``, a corrupt one ``BadInput``, both naming it."""
     path = as_path(path)
-    try:
-        return json.loads(path.read_text())
+    try:  # one GET on an object store: another writer may replace the object meanwhile
+        return json.loads(read_text(path))
     except FileNotFoundError:
         raise MissingPartition(f"{path} does not exist") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -586,10 +599,9 @@ def upload_partition(local: Path, target: StoragePath) -> None:
         pass
     files = sorted(p for p in local.rglob("*") if p.is_file())
     new = {p.relative_to(local).as_posix() for p in files}
-    for path in files:
-        name = path.relative_to(local).as_posix()
-        if name != MANIFEST:
-            fs.put_file(str(path), f"{base}/{name}")
+    data = [p for p in files if p.relative_to(local).as_posix() != MANIFEST]
+    if data:  # one batch: fsspec uploads them concurrently
+        fs.put([str(p) for p in data], [f"{base}/{p.relative_to(local).as_posix()}" for p in data])
     try:
         old = fs.find(base)
     except FileNotFoundError:
@@ -614,6 +626,12 @@ def local_directory(path: StoragePath) -> Iterator[Path]:
             (Path(local) / relative).parent.mkdir(parents=True, exist_ok=True)
             path.fs.get_file(key, str(Path(local) / relative))
         yield Path(local)
+
+
+def read_text(path: StoragePath) -> str:
+    """A file's text in one read (one GET on an object store, so a concurrent replace of the
+    object gives the old text or the new, never an error halfway)."""
+    return read_bytes_and_tag(path)[0].decode("utf-8")
 
 
 def read_bytes_and_tag(path: StoragePath) -> tuple[bytes, str | None]:
