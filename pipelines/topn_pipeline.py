@@ -4,7 +4,8 @@ Elements are contiguous ranges of dense user indices. Since indices follow the s
 ids, each range becomes one Parquet part file covering a disjoint, sorted id range — which is
 what makes point lookups cheap (file and row-group statistics skip to one user). Part files
 are named by their range, so a retried bundle rewrites the same file (idempotent), and each is
-written to a temporary name and renamed, so no reader sees a partial file.
+written to a temporary name and renamed (on an object store straight to its name: an upload
+appears whole or not at all), so no reader sees a partial file.
 
 Per element, the work is vectorised end to end: ``TopNScorer`` scores the range in batches
 (one GEMM per batch into a preallocated buffer, seen items masked by index, exact top-N by
@@ -129,6 +130,17 @@ def use_filesystem_options(flags: list[str]) -> None:
     FileSystems.set_options(PipelineOptions(flags))
 
 
+def temporary_name(final: str, name: str) -> str:
+    """Where to write ``final`` first: ``name`` beside it, renamed once complete, on a filesystem;
+    ``final`` itself on an object store, where an upload appears whole or not at all and a
+    "rename" would be a second copy of every byte."""
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" in final and not final.startswith("file://"):
+        return final
+    return FileSystems.join(FileSystems.split(final)[0], name)
+
+
 class ScoreUserRange(beam.DoFn):
     """Score a range of users in batches with the model (popularity for users it cannot score)."""
 
@@ -219,10 +231,11 @@ class ScoreUserRange(beam.DoFn):
             roles["challenger"] = self.challenger_scorer
         for role, scorer in roles.items():
             final = FileSystems.join(self.report_dir, f".candidates-{role}.json")
-            tmp = FileSystems.join(self.report_dir, f".tmp-candidates-{role}-{os.getpid()}-{id(self)}.json")
+            tmp = temporary_name(final, f".tmp-candidates-{role}-{os.getpid()}-{id(self)}.json")
             with FileSystems.create(tmp) as handle:
                 handle.write(json.dumps({"requested": self.candidates, **scorer.describe()}, sort_keys=True).encode())
-            FileSystems.rename([tmp], [final])
+            if tmp != final:
+                FileSystems.rename([tmp], [final])
 
     def process(self, user_range):
         import numpy as np
@@ -338,12 +351,13 @@ class WriteRangeParquet(beam.DoFn):
         batch = self.to_batch(*scored)
         name = f"part-{start:010d}-{end:010d}.parquet"
         final = FileSystems.join(self.output_dir, name)
-        tmp = FileSystems.join(self.output_dir, f".tmp-{name}")
+        tmp = temporary_name(final, f".tmp-{name}")
         with FileSystems.create(tmp) as handle:
             with pq.ParquetWriter(handle, batch.schema, sorting_columns=[pq.SortingColumn(0)],
                                   **PARQUET_OPTIONS) as writer:
                 writer.write_batch(batch, row_group_size=self.row_group_size)
-        FileSystems.rename([tmp], [final])
+        if tmp != final:
+            FileSystems.rename([tmp], [final])
         pa.default_memory_pool().release_unused()  # keep the worker's footprint flat across ranges
         yield name, end - start
 

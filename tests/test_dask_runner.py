@@ -97,4 +97,4 @@ def test_dask_workers_read_and_write_an_s3_root_with_the_local_roots_rows(root, 
         rows = pa.concat_tables(pq.read_table(f"{version}/{name}") for name in manifest["files"])
         keys = s3.keys(f"day/{Storage.at(s3.url('day')).relative(version)}/")
     assert manifest["files"] == files_local["files"] and rows.equals(rows_local)
-    assert not any(".tmp" in key or ".candidates-" in key for key in keys)  # temp names renamed, reports folded in
+    assert not any(".tmp" in key or ".candidates-" in key for key in keys)  # no temp names; reports folded in
