@@ -126,6 +126,23 @@ def test_lookup_and_export_read_an_s3_root(days, tmp_path):
     assert lookup("no-such-user", root=remote) is None
 
 
+def test_the_redis_load_serves_an_s3_roots_lists(days):
+    from nightly_topn.lookup import lookup
+    from nightly_topn.serving import redis_store
+    from tools.local_redis import LocalRedis
+
+    local, remote, _ = days
+    user = published_rows(local).column("user_id")[3].as_py()
+    with LocalRedis() as server:
+        loaded = redis_store.load_published(server.url, root=remote)
+        client = redis_store.connect(server.url)
+        token, body = client.eval(redis_store.READ_SCRIPT, 1, "nightly_topn:live", "nightly_topn:v:", user)
+    assert loaded["loaded"] and loaded["rows"] == published_rows(local).num_rows
+    assert token.decode() == redis_store.token_of(Storage.at(remote).published()["path"])
+    served, row = json.loads(body), lookup(user, root=local)
+    assert served["items"] == row["item_ids"] and served["user_id"] == user
+
+
 def _gated_version(store: Storage, date: str, name: str):
     """A small complete version of ``date`` that its gate passed (enough for the pointer's protocol)."""
     version = store.partition("topn", date) / f"v={name}"
