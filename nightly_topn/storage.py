@@ -554,8 +554,18 @@ def as_path(value: str | os.PathLike) -> StoragePath:
     if _URL.match(text) and not text.startswith("file://"):
         from upath import UPath
 
-        return UPath(text, use_listings_cache=False) if text.startswith(("s3://", "s3a://")) else UPath(text)
+        if text.startswith(("s3://", "s3a://")):
+            return UPath(text, use_listings_cache=False, **_s3_endpoint())
+        return UPath(text)
     return Path(text[len("file://"):] if text.startswith("file://") else text)
+
+
+def _s3_endpoint() -> dict[str, str]:
+    """The endpoint of the environment (``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``) as an
+    explicit option: fsspec caches one filesystem per set of options, so a process whose
+    environment now names another endpoint must not be handed the client of the old one."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return {"endpoint_url": endpoint} if endpoint else {}
 
 
 def arrow_path(path: StoragePath) -> str:

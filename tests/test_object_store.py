@@ -211,3 +211,15 @@ def test_paths_cannot_escape_an_s3_root(s3):
         with pytest.raises(ConfigError, match="escapes the storage root"):
             store.inside(path)
     assert str(store.inside("topn/dt=2024-03-01")) == f"{s3.url('day')}/topn/dt=2024-03-01"
+
+
+def test_a_process_follows_the_endpoint_its_environment_names_now(s3, monkeypatch):
+    """A long-lived process (a worker, a test session) whose AWS_* variables now name another
+    server reaches that one: no filesystem cached for the old endpoint is reused."""
+    Storage.at(s3.url("first")).inside("probe.txt").write_text("first")
+    with LocalS3() as other:
+        for key, value in other.env().items():
+            monkeypatch.setenv(key, value)
+        Storage.at(other.url("second")).inside("probe.txt").write_text("second")
+        assert other.keys() == ["second/probe.txt"]
+    assert "first/probe.txt" in s3.keys() and "second/probe.txt" not in s3.keys()
