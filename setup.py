@@ -56,10 +56,11 @@ setup(
                     # an s3:// storage root: fsspec's S3 filesystem for the jobs, Beam's for the pipeline
                     "s3": ["s3fs==2026.9.0", "apache-beam[aws]==2.77.*"],
                     # Airflow's CeleryExecutor (Redis as the broker)
-                    "celery": ["apache-airflow-providers-celery>=3.26"],
+                    # celery<5.7: 5.7 removed celery.backends.database.retry, which provider 3.26 imports
+                    "celery": ["apache-airflow-providers-celery>=3.26", "celery>=5.5,<5.7"],
                     "test": ["pytest>=8", "pytest-timeout>=2", "psycopg2-binary>=2.9", "asyncpg>=0.29", "httpx>=0.27",
                              "apache-beam[dask]==2.77.*", "faiss-cpu==1.15.1", "s3fs==2026.9.0",
                              "apache-beam[aws]==2.77.*", "moto[server]==5.2.5",
-                             "apache-airflow-providers-celery>=3.26"]},
+                             "apache-airflow-providers-celery>=3.26", "celery>=5.5,<5.7"]},
     entry_points={"console_scripts": ["nightly-topn=nightly_topn.cli:main"]},
 )

@@ -15,8 +15,14 @@ MovieLens 100K day by day, so one day can be made bad the way an upstream drop g
    is not moved back to the older date; the bad date triggered again leaves the pointer untouched;
 5. every component is stopped with SIGTERM and nothing of the deployment keeps running.
 
-Timings are printed and written to ``var/e2e-timings.json``. Run alone with
-``pytest -q -s tests/test_airflow_e2e.py``.
+``test_celery_backfill_on_object_store``: the same deployment with the CeleryExecutor instead --
+Redis as the broker (``redis-server`` on 127.0.0.1, with a password), the result backend in the
+PostgreSQL metadata DB, two Celery workers of one task slot each -- and the storage root on a local
+S3 server (moto), so no task reads what another worker left on its disk: a 3-day backfill runs
+across both workers and publishes to the bucket.
+
+Timings are printed and written to ``var/e2e-timings.json`` (``var/e2e-celery-timings.json``).
+Run alone with ``pytest -q -s tests/test_airflow_e2e.py`` (``-k celery`` for the second).
 """
 from __future__ import annotations
 
@@ -33,11 +39,12 @@ from pathlib import Path
 
 import httpx
 import pandas as pd
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tools.local_airflow import DAG_ID, PROJECT_DIR, LocalAirflow
+from tools.local_airflow import CELERY_EXECUTOR, DAG_ID, PROJECT_DIR, LocalAirflow, LocalPostgres
 
 ML100K = (PROJECT_DIR / ".." / "shared" / "datasets" / "ml-100k").resolve()
 FIRST_DAY = dt.date(1997, 9, 20)
@@ -46,6 +53,8 @@ BACKFILL = [dt.date(1998, 3, 1) + dt.timedelta(days=i) for i in range(6)]
 BAD_DAY = BACKFILL[-1]
 GOOD_DAYS = BACKFILL[:-1]
 RERUN_DAY = BACKFILL[1]
+#: The CeleryExecutor variant's backfill (all good days).
+CELERY_DAYS = BACKFILL[:3]
 #: Non-default knobs: the whole ML-100K history fits the window; one small, fast ALS (no search).
 CONF = {"model": "als", "tuning_budget_seconds": 0, "train_window_days": 400, "factors": 16, "iterations": 8,
         "regularization": 0.05, "alpha": 2.0, "top_n": 10, "seed": 7}
@@ -53,9 +62,9 @@ CONF = {"model": "als", "tuning_budget_seconds": 0, "train_window_days": 400, "f
 pytestmark = pytest.mark.timeout(1500)
 
 
-def build_landing(path: Path, last: dt.date, bad: dt.date) -> None:
-    """``path/dt=D/events.parquet`` for every day of ML-100K up to ``last``; day ``bad`` also gets a
-    second file of twice as many broken rows (null user ids, negative weights)."""
+def build_landing(path: Path, last: dt.date, bad: dt.date | None = None) -> None:
+    """``path/dt=D/events.parquet`` for every day of ML-100K up to ``last``; day ``bad`` (if any) also
+    gets a second file of twice as many broken rows (null user ids, negative weights)."""
     from nightly_topn.sources.movielens import load_movielens
     from nightly_topn.sources.replay import ReplaySource
 
@@ -126,9 +135,40 @@ def wait_backfill_done(af: LocalAirflow, started_after: float, timeout: float = 
     raise TimeoutError(f"backfill not completed after {timeout}s; logs in {af.logs}")
 
 
+def task_instances(af: LocalAirflow, run_id: str) -> list[dict]:
+    return af.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances", params={"limit": 100})["task_instances"]
+
+
 def task_states(af: LocalAirflow, run_id: str) -> dict[str, str]:
-    tis = af.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances")["task_instances"]
-    return {t["task_id"]: t["state"] for t in tis}
+    return {t["task_id"]: t["state"] for t in task_instances(af, run_id)}
+
+
+def new_workdir(kind: str = "e2e") -> Path:
+    """``var/KIND/<UTC stamp>``: a private folder kept after the run (logs to read), not pytest's
+    rotated tmp; the two previous runs' folders are kept, older ones removed."""
+    work = PROJECT_DIR / "var" / kind / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    for old in sorted(work.parent.glob("2*"))[:-2]:
+        shutil.rmtree(old, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def run_backfill(af: LocalAirflow, days: list[dt.date], conf: dict, *, max_active_runs: int = 2,
+                 timeout: float = 900) -> tuple[dict, dict[str, dict]]:
+    """``airflow backfill create`` over ``days`` (consecutive), through the real scheduler; waits
+    until the backfill completed and each of its runs finished. Returns ``(backfill, runs by date)``."""
+    started = time.time()
+    af.cli("backfill", "create", "--dag-id", DAG_ID, "--from-date", days[0].isoformat(),
+           "--to-date", days[-1].isoformat(), "--max-active-runs", str(max_active_runs),
+           "--dag-run-conf", json.dumps(conf))
+    backfill = wait_backfill_done(af, started, timeout=timeout)
+    runs = runs_between(af, days[0], days[-1])
+    runs = af.wait_for_runs([r["dag_run_id"] for r in runs.values()], timeout=timeout)
+    by_day = {r["logical_date"][:10]: r for r in runs.values()}
+    assert sorted(by_day) == [d.isoformat() for d in days], sorted(by_day)
+    assert all(r["run_type"] == "backfill" for r in by_day.values())
+    assert backfill["max_active_runs"] == max_active_runs
+    return backfill, by_day
 
 
 @pytest.fixture(scope="module")
@@ -141,11 +181,7 @@ def ml100k() -> Path:
 def test_real_scheduler_end_to_end(ml100k):
     timings: dict[str, float] = {}
     t0 = time.monotonic()
-    # a private folder kept after the run (logs to read), not pytest's rotated tmp
-    work = PROJECT_DIR / "var" / "e2e" / dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    for old in sorted(work.parent.glob("2*"))[:-2]:  # keep the two previous runs' logs
-        shutil.rmtree(old, ignore_errors=True)
-    work.mkdir(parents=True)
+    work = new_workdir()
     landing, root = work / "landing", work / "data"
     build_landing(landing, BAD_DAY, BAD_DAY)
     # use_job_schedule=False: this deployment replays 1998; the schedule's own "yesterday" run has no
@@ -186,21 +222,11 @@ def test_real_scheduler_end_to_end(ml100k):
         assert pointer["date"] == MANUAL_DAY.isoformat()
 
         # -- 2. backfill six days, two at a time; the last day's drop is bad ----------------------------------
-        started = time.time()
         t_backfill = time.monotonic()
-        af.cli("backfill", "create", "--dag-id", DAG_ID, "--from-date", BACKFILL[0].isoformat(),
-                        "--to-date", BACKFILL[-1].isoformat(), "--max-active-runs", "2",
-                        "--dag-run-conf", json.dumps(CONF))
-        backfill = wait_backfill_done(af, started)
-        runs = runs_between(af, BACKFILL[0], BACKFILL[-1])
-        runs = af.wait_for_runs([r["dag_run_id"] for r in runs.values()], timeout=900)
+        _, by_day = run_backfill(af, BACKFILL, CONF)
         timings["backfill_wall_s"] = time.monotonic() - t_backfill
         timings["backfill_days"] = len(BACKFILL)
         timings["backfill_wall_per_date_s"] = timings["backfill_wall_s"] / len(BACKFILL)
-        by_day = {r["logical_date"][:10]: r for r in runs.values()}
-        assert sorted(by_day) == [d.isoformat() for d in BACKFILL], sorted(by_day)
-        assert all(r["run_type"] == "backfill" for r in by_day.values())
-        assert backfill["max_active_runs"] == 2
         for day in GOOD_DAYS:
             run = by_day[day.isoformat()]
             assert run["state"] == "success", (day, _diagnose(af, run["dag_run_id"], root))
@@ -302,11 +328,95 @@ def test_real_scheduler_end_to_end(ml100k):
     assert left == [], f"processes left running: {left}"
 
 
-def _diagnose(af: LocalAirflow, run_id: str, root: Path) -> str:
-    """Task states, alerts and the failed tasks' last log lines, for an assertion message."""
+@pytest.mark.slow
+def test_celery_backfill_on_object_store(ml100k):
+    """CeleryExecutor, two workers, storage root ``s3://nightly-topn/root`` on a local S3 server: a
+    3-day backfill succeeds, its tasks ran on both workers, the lists and the pointer are in the
+    bucket, nothing of the deployment is left running."""
+    if not LocalPostgres.available():
+        pytest.skip("the CeleryExecutor needs a PostgreSQL metadata DB (its result backend): no PostgreSQL server "
+                    f"binaries under {LocalPostgres.BIN} or no psycopg2/asyncpg (scripts/install-system-test-deps.sh)")
+    if shutil.which("redis-server") is None:
+        pytest.skip("the Celery broker is Debian's redis-server, not installed (scripts/install-system-test-deps.sh)")
+    from tools.local_redis import LocalRedis
+    from tools.local_s3 import LocalS3
+
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    work = new_workdir("e2e-celery")
+    landing = work / "landing"  # the upstream drop: written by the test, read by ingest, never by a worker
+    build_landing(landing, CELERY_DAYS[-1])
+    codes, left = {}, None
+    with LocalS3() as s3, LocalRedis() as redis:
+        # every component gets the bucket's AWS_* variables; the root is the bucket, not a disk
+        af = LocalAirflow(work, s3.url("root"), parallelism=2, database="postgres", executor=CELERY_EXECUTOR,
+                          workers=2, concurrency=1, broker_url=redis.url, NIGHTLY_TOPN_SOURCE=f"landing:{landing}",
+                          AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False", **s3.env())
+        try:
+            af.start()
+            timings["start_components_s"] = time.monotonic() - t0
+            assert af.env["NIGHTLY_TOPN_ROOT"] == "s3://nightly-topn/root"
+            af.wait_for_dag()
+            _assert_loopback_only(af)
+            for server in (redis, s3):  # the broker and the object store: loopback only too
+                listening = {c.laddr.ip for c in psutil.Process(server.proc.pid).net_connections(kind="tcp")
+                             if c.status == psutil.CONN_LISTEN}
+                assert listening and listening <= {"127.0.0.1"}, (server, listening)
+            af.api("PATCH", f"/dags/{DAG_ID}", json={"is_paused": False})
+
+            t_backfill = time.monotonic()
+            _, by_day = run_backfill(af, CELERY_DAYS, CONF)
+            timings["backfill_wall_s"] = time.monotonic() - t_backfill
+            timings["backfill_days"] = len(CELERY_DAYS)
+            for day in CELERY_DAYS:
+                run = by_day[day.isoformat()]
+                assert run["state"] == "success", (day, _diagnose(af, run["dag_run_id"]))
+
+            # -- which worker ran what: the task instances' hostnames, cross-checked with the workers' logs --
+            tis = [ti for run in by_day.values() for ti in task_instances(af, run["dag_run_id"])]
+            assert tis and all(ti["state"] == "success" for ti in tis), [(t["task_id"], t["state"]) for t in tis]
+            ran_on = {name: [ti for ti in tis if ti["hostname"] == name] for name in af.workers}
+            assert sorted({ti["hostname"] for ti in tis}) == sorted(af.workers), {t["hostname"] for t in tis}
+            assert all(ran_on.values()), {name: len(mine) for name, mine in ran_on.items()}
+            worker_logs = {name: (af.logs / f"{name}.log").read_text(errors="replace") for name in af.workers}
+            for name, mine in ran_on.items():
+                others = [text for other, text in worker_logs.items() if other != name]
+                for ti in mine:  # Celery logged the workload (its TI id) on that worker, and on no other
+                    assert ti["id"] in worker_logs[name] and not any(ti["id"] in text for text in others), \
+                        (name, ti["task_id"], ti["dag_run_id"])
+            timings.update({f"tasks_on_{name}": len(mine) for name, mine in ran_on.items()})
+
+            # -- the outputs are in the bucket: a manifested version per day, the pointer on the last day --
+            keys = s3.keys("root/topn/")
+            assert "root/topn/CURRENT.json" in keys, keys
+            for day in CELERY_DAYS:
+                manifests = [k for k in keys if re.fullmatch(rf"root/topn/dt={day}/v=[^/]+/_manifest\.json", k)]
+                assert len(manifests) == 1, (day, keys)
+            pointer = json.loads(s3.client().get_object(Bucket=s3.bucket, Key="root/topn/CURRENT.json")["Body"].read())
+            assert pointer["date"] == CELERY_DAYS[-1].isoformat(), pointer
+            # nothing went to a local storage root (e.g. an ``s3:`` folder from a URL taken as a path)
+            assert sorted(p.name for p in work.iterdir()) == ["airflow", "component-logs", "landing"], \
+                sorted(work.iterdir())
+            # the broker password (generated here) is in no component log
+            assert not [p.name for p in af.logs.glob("*.log") if redis.password in p.read_text(errors="replace")]
+        finally:
+            codes = af.stop()
+            time.sleep(1)
+            left = af.leftovers()
+            timings["total_s"] = time.monotonic() - t0
+            _report(timings, af, "e2e-celery")
+    assert redis.proc.poll() is not None and s3.proc.poll() is not None
+    assert all(code is not None for code in codes.values()), f"a component ignored SIGTERM: {codes}"
+    assert left == [], f"processes left running: {left}"
+
+
+def _diagnose(af: LocalAirflow, run_id: str, root: Path | None = None) -> str:
+    """Task states, alerts (local root) and the failed tasks' last log lines, for an assertion message."""
     states = task_states(af, run_id)
-    alerts = root / "alerts" / "alerts.jsonl"
-    lines = [f"run {run_id}: {states}", f"alerts: {alerts.read_text() if alerts.is_file() else 'none'}"]
+    lines = [f"run {run_id}: {states}"]
+    if root is not None:
+        alerts = root / "alerts" / "alerts.jsonl"
+        lines.append(f"alerts: {alerts.read_text() if alerts.is_file() else 'none'}")
     for task_id, state in states.items():
         if state == "failed":
             for log in sorted(af.home.glob(f"logs/dag_id={DAG_ID}/run_id={run_id}/task_id={task_id}/*.log")):
@@ -327,11 +437,11 @@ def _assert_loopback_only(af: LocalAirflow) -> None:
     assert ("127.0.0.1", af.port) in sockets
 
 
-def _report(timings: dict, af: LocalAirflow) -> None:
-    out = PROJECT_DIR / "var" / "e2e-timings.json"
+def _report(timings: dict, af: LocalAirflow, name: str = "e2e") -> None:
+    out = PROJECT_DIR / "var" / f"{name}-timings.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: round(v, 1) if isinstance(v, float) else v for k, v in timings.items()}
     payload["measured_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     payload["cpus"] = os.cpu_count()
     out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nreal-scheduler e2e timings: {json.dumps(payload)} (component logs: {af.logs})")
+    print(f"\nreal-scheduler {name} timings: {json.dumps(payload)} (component logs: {af.logs})")

@@ -9,7 +9,15 @@ the repo). It stops each component with SIGTERM (then SIGKILL after a grace peri
 process group, so nothing is left running. ``airflow standalone`` is not used: it serves logs on
 0.0.0.0 and leaves children behind on SIGTERM.
 
+``LocalAirflow(..., executor="CeleryExecutor", workers=2)`` runs the CeleryExecutor instead: a
+broker (a password-protected ``tools.local_redis.LocalRedis`` on 127.0.0.1, started here unless a
+``broker_url`` is given), the Celery result backend in the metadata DB (``db+postgresql...``:
+PostgreSQL is required, the workers write their results there concurrently), and N
+``airflow celery worker`` components, each with its own Celery node name and its own task-instance
+``hostname`` (``tools.airflow_hostname``), stopped first with a warm shutdown.
+
     python -m tools.local_airflow --workdir var/local-airflow   # from the repo root; Ctrl-C stops
+    python -m tools.local_airflow --executor CeleryExecutor --workers 2
 """
 from __future__ import annotations
 
@@ -32,6 +40,14 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 DAG_ID = "nightly_topn"
 INGEST_POOL = "nightly_topn_ingest"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+LOCAL_EXECUTOR, CELERY_EXECUTOR = "LocalExecutor", "CeleryExecutor"
+#: Set in each Celery worker's environment only: the worker's name, which its task instances report
+#: as their ``hostname`` (``[core] hostname_callable`` = ``tools.airflow_hostname.worker_hostname``).
+WORKER_HOSTNAME_ENV = "NIGHTLY_TOPN_WORKER_HOSTNAME"
+HOSTNAME_CALLABLE = "airflow_hostname.worker_hostname"  # tools/ on the workers' PYTHONPATH
+#: Seconds Redis waits for a worker to acknowledge a task before redelivering it: above the DAG's
+#: 2 h ``execution_timeout`` (Airflow's default when unset is 24 h, with a warning at every start).
+VISIBILITY_TIMEOUT = 3 * 3600
 
 
 def airflow_cli() -> str:
@@ -40,7 +56,10 @@ def airflow_cli() -> str:
 
 
 def airflow_env(airflow_home: str | os.PathLike, storage_root: str | os.PathLike, **overrides: str) -> dict[str, str]:
-    """A copy of ``os.environ`` pointing Airflow at this project's DAGs and a private home/DB."""
+    """A copy of ``os.environ`` pointing Airflow at this project's DAGs and a private home/DB.
+
+    ``storage_root``: a local path (made absolute) or an object-store URL such as
+    ``s3://bucket/prefix`` (passed as is; the ``AWS_*`` variables go in ``overrides``)."""
     env = dict(os.environ)
     env.update(
         AIRFLOW_HOME=str(Path(airflow_home).resolve()),
@@ -50,10 +69,16 @@ def airflow_env(airflow_home: str | os.PathLike, storage_root: str | os.PathLike
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
         GX_ANALYTICS_ENABLED="false",
-        NIGHTLY_TOPN_ROOT=str(Path(storage_root).resolve()),
+        NIGHTLY_TOPN_ROOT=storage_root_text(storage_root),
     )
     env.update(overrides)
     return env
+
+
+def storage_root_text(storage_root: str | os.PathLike) -> str:
+    """``$NIGHTLY_TOPN_ROOT`` for ``storage_root``: a URL unchanged, a local path absolute."""
+    text = str(storage_root)
+    return text if "://" in text else str(Path(text).resolve())
 
 
 def free_port() -> int:
@@ -64,7 +89,8 @@ def free_port() -> int:
 
 
 def server_env(airflow_home, storage_root, *, api_port: int, user: str = "admin", password: str | None = None,
-               parallelism: int = 2, database_url: str | None = None, **overrides: str) -> tuple[dict[str, str], str]:
+               parallelism: int = 2, database_url: str | None = None, executor: str = LOCAL_EXECUTOR,
+               **overrides: str) -> tuple[dict[str, str], str]:
     """Environment for a local multi-component deployment; returns ``(env, password)``.
 
     Binding: the api-server on 127.0.0.1:``api_port``; the scheduler/triggerer log servers are not
@@ -82,7 +108,7 @@ def server_env(airflow_home, storage_root, *, api_port: int, user: str = "admin"
     base = f"http://127.0.0.1:{api_port}"
     env = airflow_env(
         home, storage_root,
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
+        AIRFLOW__CORE__EXECUTOR=executor,
         # PostgreSQL when given (what a deployment uses); else SQLite, waiting up to 60 s for a lock
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=database_url or f"sqlite:///{home / 'airflow.db'}?timeout=60",
         AIRFLOW__CORE__PARALLELISM=str(parallelism),
@@ -110,12 +136,47 @@ def server_env(airflow_home, storage_root, *, api_port: int, user: str = "admin"
     return env, password
 
 
+def celery_env(*, broker_url: str, database_url: str, concurrency: int = 1) -> dict[str, str]:
+    """The ``[celery]`` settings of every component (scheduler and workers alike).
+
+    Broker: ``broker_url`` (Redis with a password). Result backend: the metadata DB, spelled out
+    (``db+`` + the SQLAlchemy URL; the provider's fallback when unset is the same DB, but would
+    rewrite a driverless ``postgresql://`` to psycopg v3, which is not installed here).
+    """
+    if database_url.startswith("sqlite"):
+        raise ValueError("the CeleryExecutor needs a PostgreSQL (or MySQL) metadata DB: the workers write their "
+                         "results into it concurrently and, on other hosts, could not reach a SQLite file")
+    return {
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{database_url}",
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
+
+
+def worker_env(env: dict[str, str], name: str) -> dict[str, str]:
+    """``env`` for the Celery worker ``name``: its task instances report ``name`` as their hostname
+    (``tools/airflow_hostname.py``, importable as ``airflow_hostname`` from ``tools/`` alone: the repo
+    root is not put on the workers' path)."""
+    path = os.pathsep.join(p for p in (str(PROJECT_DIR / "tools"), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path, "AIRFLOW__CORE__HOSTNAME_CALLABLE": HOSTNAME_CALLABLE,
+            WORKER_HOSTNAME_ENV: name}
+
+
 def component_command(name: str) -> list[str]:
     """The command line of one component (log servers skipped: see ``server_env``)."""
-    airflow = airflow_cli()
+    airflow = [airflow_cli()]
     if name in ("scheduler", "triggerer"):
-        return [airflow, name, "--skip-serve-logs"]
-    return [airflow, name]
+        return [*airflow, name, "--skip-serve-logs"]
+    return [*airflow, name]
+
+
+def worker_command(name: str, concurrency: int = 1) -> list[str]:
+    """``airflow celery worker`` as the Celery node ``celery@NAME``; no log server (it would listen on
+    all interfaces: ``airflow.utils.serve_logs`` binds ``[::]``/``0.0.0.0``, the host is not
+    configurable, only ``[logging] worker_log_server_port`` is)."""
+    return [airflow_cli(), "celery", "worker", "--celery-hostname", name,
+            "--concurrency", str(concurrency), "--skip-serve-logs"]
 
 
 class LocalPostgres:
@@ -211,20 +272,49 @@ class LocalPostgres:
 
 
 class LocalAirflow:
-    """A real, local Airflow 3: ``with LocalAirflow(workdir, storage_root) as af: af.api(...)``."""
+    """A real, local Airflow 3: ``with LocalAirflow(workdir, storage_root) as af: af.api(...)``.
+
+    ``executor="CeleryExecutor"``: plus ``workers`` Celery workers named ``worker-1``, ``worker-2``...
+    (``concurrency`` task slots each), the broker at ``broker_url`` (else a ``LocalRedis`` started
+    and stopped here), the result backend in the metadata DB (PostgreSQL: ``database`` must not be
+    ``sqlite``; ``auto`` fails when no PostgreSQL is installed).
+    """
 
     def __init__(self, workdir, storage_root, *, parallelism: int = 2, components=COMPONENTS,
-                 database: str = "auto", **overrides: str):
+                 database: str = "auto", executor: str = LOCAL_EXECUTOR, workers: int = 2, concurrency: int = 1,
+                 broker_url: str | None = None, **overrides: str):
+        if executor not in (LOCAL_EXECUTOR, CELERY_EXECUTOR):
+            raise ValueError(f"executor {executor!r}: expected {LOCAL_EXECUTOR} or {CELERY_EXECUTOR}")
         self.workdir = Path(workdir).resolve()
         self.home = self.workdir / "airflow"
         self.logs = self.workdir / "component-logs"
         self.port = free_port()
+        self.executor = executor
         if database == "auto":
+            if executor == CELERY_EXECUTOR and not LocalPostgres.available():
+                raise RuntimeError("the CeleryExecutor needs PostgreSQL: no server binaries under "
+                                   f"{LocalPostgres.BIN} (or no psycopg2/asyncpg, or no postgres user)")
             database = "postgres" if LocalPostgres.available() else "sqlite"
         self.database = database
         self.postgres = LocalPostgres(self.workdir / "component-logs" / "postgres.log") if database == "postgres" else None
+        self.redis = None  # the broker when started here
+        self.workers: tuple[str, ...] = ()
+        self.concurrency = concurrency
+        if executor == CELERY_EXECUTOR:
+            if not self.postgres:
+                raise ValueError("the CeleryExecutor needs database='postgres' (the Celery result backend)")
+            if broker_url is None:
+                from tools.local_redis import LocalRedis  # (imports this module)
+
+                self.redis = LocalRedis()
+                broker_url = self.redis.url
+            self.workers = tuple(f"worker-{i}" for i in range(1, workers + 1))
+            overrides = {**celery_env(broker_url=broker_url, database_url=self.postgres.url,
+                                      concurrency=concurrency), **overrides}
+        self.broker_url = broker_url
         self.env, self.password = server_env(self.home, storage_root, api_port=self.port, parallelism=parallelism,
-                                             database_url=self.postgres.url if self.postgres else None, **overrides)
+                                             database_url=self.postgres.url if self.postgres else None,
+                                             executor=executor, **overrides)
         self.user = "admin"
         self.url = f"http://127.0.0.1:{self.port}"
         self.components = tuple(components)
@@ -235,8 +325,8 @@ class LocalAirflow:
     # -- lifecycle ---------------------------------------------------------------------------
     def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
         """Run ``airflow ARGS`` against this deployment (same env, same DB)."""
-        airflow = airflow_cli()
-        result = subprocess.run([airflow, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run([airflow_cli(), *args], env=self.env, capture_output=True, text=True,
+                                timeout=timeout)
         if check and result.returncode:
             raise RuntimeError(f"airflow {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
         return result
@@ -245,23 +335,38 @@ class LocalAirflow:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.postgres:
             self.postgres.start()
+        if self.redis:
+            self.redis.start()
         self.cli("db", "migrate")
         self.cli("pools", "set", INGEST_POOL, "1", "Serialises ingest across concurrent runs (one writer of raw/)")
         for name in self.components:
-            out = (self.logs / f"{name}.log").open("ab")
-            self.procs[name] = subprocess.Popen(component_command(name), env=self.env, stdout=out,
-                                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                start_new_session=True, cwd=self.workdir)
+            self._launch(name, component_command(name), self.env)
+        for name in self.workers:
+            self._launch(name, worker_command(name, self.concurrency), worker_env(self.env, name))
         deadline = time.monotonic() + wait
+        healthy = False
         while time.monotonic() < deadline:
             self.check_alive()
             try:
-                if httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).is_success:
-                    return self
+                healthy = healthy or httpx.get(f"{self.url}/api/v2/monitor/health", timeout=5).is_success
             except httpx.TransportError:
                 pass
+            if healthy and all(self.worker_ready(name) for name in self.workers):
+                return self
             time.sleep(1)
-        raise TimeoutError(f"api-server not healthy on {self.url} after {wait}s; logs in {self.logs}")
+        not_ready = [name for name in self.workers if not self.worker_ready(name)]
+        waiting = f"Celery workers {not_ready}" if healthy else "api-server"
+        raise TimeoutError(f"{waiting} not ready after {wait}s (api {self.url}); logs in {self.logs}")
+
+    def _launch(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        out = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.workdir)
+
+    def worker_ready(self, name: str) -> bool:
+        """Celery logged ``celery@NAME ready.``: the worker consumes from the broker."""
+        log = self.logs / f"{name}.log"
+        return log.is_file() and f"celery@{name} ready." in log.read_text(errors="replace")
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -270,18 +375,24 @@ class LocalAirflow:
                 raise RuntimeError(f"airflow {name} exited with {proc.returncode}:\n{tail}")
 
     def stop(self, grace: float = 30) -> dict[str, int | None]:
-        """SIGTERM each component's process group, wait, SIGKILL what is left; returns exit codes."""
+        """Celery workers first: SIGTERM to each worker's main process = Celery's warm shutdown
+        (running tasks finish while the api-server can still take their results), then SIGTERM
+        each other component's process group; wait ``grace`` each time, SIGKILL what is left
+        (process groups), stop the broker if started here and PostgreSQL; returns exit codes."""
         self.processes()  # remember every process of the deployment before they get reparented
-        for proc in self.procs.values():
-            _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        workers = {name: proc for name, proc in self.procs.items() if name in self.workers}
+        others = {name: proc for name, proc in self.procs.items() if name not in self.workers}
         codes = {}
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                codes[name] = None
-        for proc in self.procs.values():  # children (task supervisors, uvicorn workers...)
+        for group, signal_it in ((workers, _signal_main), (others, _signal_group)):
+            for proc in group.values():
+                signal_it(proc, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            for name, proc in group.items():
+                try:
+                    codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    codes[name] = None
+        for proc in self.procs.values():  # children (task supervisors, pool processes, uvicorn workers...)
             _signal_group(proc, signal.SIGKILL)
             try:
                 proc.wait(timeout=10)
@@ -294,6 +405,9 @@ class LocalAirflow:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if self.redis:
+            self.redis.stop()
+            codes["redis"] = self.redis.proc.returncode if self.redis.proc else None
         if self.postgres:  # last: the components needed it until they were gone
             codes["postgres"] = self.postgres.stop()
         return codes
@@ -302,11 +416,14 @@ class LocalAirflow:
         """Live processes of this deployment: the components, their descendants, anything in their
         process groups/sessions, anything whose environment names this AIRFLOW_HOME, anything
         seen as such while running (``processes()`` snapshots), and the PostgreSQL server's unless
-        ``postgres=False``. Should be empty after ``stop``."""
+        ``postgres=False`` (nor the broker started here). Celery workers are components: their
+        pool processes and task supervisors are their descendants. Should be empty after ``stop``."""
         current = self.processes()
         seen_alive = {pid for pid, started in self._seen if _start_time(pid) == started}
         if self.postgres and postgres:
             current |= self.postgres.processes()
+        if self.redis and self.redis.proc and postgres:
+            current |= {pid for pid in _in_group_or_session({self.redis.proc.pid}) if _is_running(pid)}
         return sorted(current | seen_alive)
 
     def processes(self) -> set[int]:
@@ -396,6 +513,15 @@ class LocalAirflow:
         return done
 
 
+def _signal_main(proc: subprocess.Popen, sig: int) -> None:
+    """``sig`` to ``proc`` alone (a Celery worker's main process handles its pool's shutdown)."""
+    if proc.pid > 1 and proc.poll() is None:
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
     if proc.pid <= 1:
         return
@@ -451,9 +577,12 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", default="var/local-airflow")
     parser.add_argument("--root", help="storage root (default: WORKDIR/data)")
     parser.add_argument("--parallelism", type=int, default=2)
+    parser.add_argument("--executor", choices=(LOCAL_EXECUTOR, CELERY_EXECUTOR), default=LOCAL_EXECUTOR)
+    parser.add_argument("--workers", type=int, default=2, help="Celery workers (CeleryExecutor)")
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
-    af = LocalAirflow(work, args.root or work / "data", parallelism=args.parallelism)
+    af = LocalAirflow(work, args.root or work / "data", parallelism=args.parallelism, executor=args.executor,
+                      workers=args.workers)
     with af:
         print(f"Airflow UI: {af.url}  user: {af.user}  password: see {af.home / 'passwords.json'}", flush=True)
         print(f"component logs: {af.logs}; Ctrl-C stops every component", flush=True)
